@@ -1,0 +1,1 @@
+"""Callbacks the template adds to Lightning's own (which are configured, not rewritten)."""

@@ -1,0 +1,58 @@
+"""Checkpoint writes that a crash cannot tear: write a temporary file, flush it to disk, rename it."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any
+
+import torch
+from lightning.fabric.utilities.types import _PATH
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """``torch.save`` to a temporary file beside the target, ``fsync``, then ``os.replace``.
+
+    A ``kill -9`` at any moment leaves either the previous file or the new one, both whole. Loading always uses
+    ``weights_only=True``: a checkpoint can hold only tensors and plain values.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} does not take storage_options, got {storage_options!r}")
+        directory = os.path.dirname(os.path.abspath(path))
+        os.makedirs(directory, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(prefix=".tmp-", suffix=".ckpt", dir=directory)
+        try:
+            with os.fdopen(handle, "wb") as file:
+                torch.save(checkpoint, file)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temporary, path)
+        except BaseException:
+            if os.path.exists(temporary):
+                os.remove(temporary)
+            raise
+        _fsync_directory(directory)
+
+    def load_checkpoint(
+        self, path: _PATH, map_location: Any | None = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
+        from project.checkpoint import load_checkpoint_file
+
+        if weights_only is False:
+            raise ValueError("checkpoints are only ever loaded with weights_only=True")
+        return load_checkpoint_file(path, map_location=map_location or "cpu")
+
+
+def _fsync_directory(directory: str) -> None:
+    # Makes the rename itself durable; not every file system allows opening a directory.
+    try:
+        descriptor = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)

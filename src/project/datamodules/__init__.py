@@ -1,0 +1,7 @@
+"""Data modules: each gives batches of uint8 images plus the class names, input shape and normalization."""
+
+from project.datamodules.base import ImageDataModule, InMemoryLoader
+from project.datamodules.cifar10 import CIFAR10DataModule
+from project.datamodules.mnist import MNISTDataModule
+
+__all__ = ["CIFAR10DataModule", "ImageDataModule", "InMemoryLoader", "MNISTDataModule"]

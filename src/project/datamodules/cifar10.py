@@ -1,0 +1,110 @@
+"""CIFAR-10: 32×32 colour images in 10 classes, 45k/5k/10k train/val/test, held in memory."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torchvision.datasets.utils import download_and_extract_archive
+
+from project.datamodules.base import ImageDataModule, uint8_images
+from project.errors import DataError
+
+URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+ARCHIVE_MD5 = "c58f30108f718f92721af3b95e74349a"
+FOLDER = "cifar-10-batches-py"
+TRAIN_FILES = [f"data_batch_{i}" for i in range(1, 6)]
+TEST_FILES = ["test_batch"]
+
+
+class CIFAR10DataModule(ImageDataModule):
+    """The python version of CIFAR-10 under ``root/cifar-10-batches-py``, downloaded when missing.
+
+    The batch files are pickles; they are read with an unpickler that only builds numpy arrays and plain
+    values, so a tampered file cannot run code. Training augmentation defaults to the standard random crop with
+    4-pixel padding and horizontal flip (set in ``configs/data/cifar10.yaml``).
+
+    Args:
+        **kwargs: Options of :class:`~project.datamodules.base.ImageDataModule`.
+    """
+
+    dataset_stats = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
+    native_shape = (3, 32, 32)
+    _names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self._names)
+
+    @property
+    def folder(self) -> str:
+        return os.path.join(self.root, FOLDER)
+
+    def prepare_data(self) -> None:
+        missing = [name for name in TRAIN_FILES + TEST_FILES if not os.path.isfile(os.path.join(self.folder, name))]
+        if not missing:
+            return
+        if not self.hparams.download:
+            raise DataError(f"CIFAR-10 files {missing} are missing in {self.folder} and --data.download is false")
+        try:
+            download_and_extract_archive(URL, download_root=self.root, md5=ARCHIVE_MD5)
+        except Exception as error:  # urllib raises many types; all mean the same thing to the user
+            raise DataError(
+                f"CIFAR-10 is not in {self.folder} and the download failed ({type(error).__name__}: no network?): "
+                f"extract {os.path.basename(URL)} into {self.root}, or pass --data.root DIR"
+            ) from None
+
+    def load_split(self, train: bool) -> tuple[Tensor, Tensor]:
+        images, labels = [], []
+        for name in TRAIN_FILES if train else TEST_FILES:
+            batch_images, batch_labels = _read_batch(os.path.join(self.folder, name))
+            images.append(batch_images)
+            labels.append(batch_labels)
+        return torch.cat(images), torch.cat(labels)
+
+
+def _read_batch(path: str) -> tuple[Tensor, Tensor]:
+    if not os.path.isfile(path):
+        raise DataError(f"CIFAR-10 file {path} is missing: delete {os.path.dirname(path)} to download it again")
+    try:
+        with open(path, "rb") as file:
+            batch = _SafeUnpickler(file, encoding="bytes").load()
+        data, labels = batch[b"data"], batch[b"labels"]
+        array = np.asarray(data)
+        if array.dtype != np.uint8:
+            raise DataError(f"CIFAR-10 file {path}: expected uint8 pixels, got {array.dtype}")
+        images = torch.from_numpy(np.ascontiguousarray(array))
+        labels = torch.as_tensor(labels, dtype=torch.long)
+    except DataError:
+        raise
+    except Exception as error:  # a corrupt pickle can fail in many ways; each is "this file is corrupt"
+        raise DataError(f"CIFAR-10 file {path} is corrupt ({type(error).__name__}: {error})") from None
+    if images.ndim != 2 or images.shape[1] != 3 * 32 * 32 or len(labels) != len(images):
+        raise DataError(f"CIFAR-10 file {path}: expected (N, 3072) uint8 data and N labels, got {tuple(images.shape)}")
+    if len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) <= 9:
+        raise DataError(f"CIFAR-10 file {path}: labels outside 0..9")
+    images = uint8_images(images.view(-1, 3, 32, 32), (3, 32, 32), path)
+    return images.contiguous(), labels
+
+
+class _SafeUnpickler(pickle.Unpickler):
+    """Builds only what CIFAR-10 batches contain: dicts, lists, bytes, numbers and numpy arrays."""
+
+    _allowed = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in self._allowed:
+            return super().find_class(module, name)
+        raise DataError(f"refusing to load {module}.{name}: a CIFAR-10 batch holds only arrays and plain values")

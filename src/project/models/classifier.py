@@ -1,0 +1,227 @@
+"""The training logic for image classification, written once.
+
+Every model in the template is an :class:`ImageClassifier` subclass that only says how to build its network
+(:meth:`ImageClassifier.build_network`). Loss, metrics, optimizers and schedulers live here.
+
+The input shape, the number of classes, the class names and the preprocessing come from the data module when
+they are not given: the network is then built in :meth:`setup`, and all four are written into the
+hyperparameters, so a checkpoint alone is enough to rebuild the model later.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+from torchmetrics.classification import MulticlassAccuracy
+
+Optimizer = Literal["adam", "adamw", "sgd"]
+Scheduler = Literal["none", "step", "plateau", "cosine", "warmup_cosine"]
+
+
+class ImageClassifier(L.LightningModule):
+    """Cross-entropy classification of ``(N, C, H, W)`` float images into ``num_classes`` classes.
+
+    Args:
+        num_classes: Number of classes; taken from the data module when ``None``.
+        input_shape: ``(channels, height, width)`` of one input; taken from the data module when ``None``.
+        class_names: Names of the classes, in label order; taken from the data module when ``None``.
+        preprocessing: How raw images become inputs (size, mean, std); taken from the data module when ``None``.
+        optimizer: ``adam``, ``adamw`` or ``sgd``.
+        lr: Learning rate.
+        momentum: SGD momentum (ignored by Adam and AdamW).
+        weight_decay: Weight decay (decoupled for AdamW).
+        scheduler: ``none``, ``step`` (StepLR), ``plateau`` (on val accuracy), ``cosine`` (per step) or
+            ``warmup_cosine`` (linear warm-up for ``warmup_epochs``, then cosine, per step).
+        step_size: Epochs between decays for ``step``; patience in epochs for ``plateau``.
+        gamma: Decay factor for ``step`` and ``plateau``.
+        warmup_epochs: Warm-up length for ``warmup_cosine``.
+        label_smoothing: Label smoothing of the cross-entropy loss.
+        compile: Compile the network with ``torch.compile`` when training starts.
+        channels_last: Use the channels-last memory format; ``None`` picks it for conv nets on a GPU.
+    """
+
+    def __init__(
+        self,
+        num_classes: int | None = None,
+        input_shape: tuple[int, int, int] | None = None,
+        class_names: list[str] | None = None,
+        preprocessing: dict[str, Any] | None = None,
+        optimizer: Optimizer = "adam",
+        lr: float = 1e-3,
+        momentum: float = 0.9,
+        weight_decay: float = 0.0,
+        scheduler: Scheduler = "none",
+        step_size: int = 10,
+        gamma: float = 0.1,
+        warmup_epochs: int = 1,
+        label_smoothing: float = 0.0,
+        compile: bool = False,
+        channels_last: bool | None = None,
+    ) -> None:
+        super().__init__()
+        _check_positive(lr=lr, step_size=step_size, gamma=gamma)
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+        if weight_decay < 0 or warmup_epochs < 0:
+            raise ValueError("weight_decay and warmup_epochs must not be negative")
+        # Everything here is a plain value, so checkpoints load with torch.load(weights_only=True).
+        self.save_hyperparameters()
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        self.network: nn.Module | None = None
+        # A buffer, not a Python float: it is saved in checkpoints, so resuming keeps the best value.
+        self.register_buffer("best_val_acc", torch.tensor(0.0))
+        if num_classes is not None and input_shape is not None:
+            self._build(num_classes, tuple(input_shape))
+
+    # ------------------------------------------------------------------ the network
+    def build_network(self, input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
+        """Return the network mapping ``(N, *input_shape)`` images to ``(N, num_classes)`` logits."""
+        raise NotImplementedError(f"{type(self).__name__} must implement build_network")
+
+    def _build(self, num_classes: int, input_shape: tuple[int, int, int]) -> None:
+        self.network = self.build_network(input_shape, num_classes)
+        metric = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        self.train_acc, self.val_acc, self.test_acc = metric.clone(), metric.clone(), metric.clone()
+
+    def setup(self, stage: str) -> None:
+        if self.network is not None:
+            return
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is None or not hasattr(datamodule, "num_classes"):
+            raise ValueError(
+                f"{type(self).__name__} needs num_classes and input_shape, or a data module that provides them"
+            )
+        self.hparams.update(
+            num_classes=datamodule.num_classes,
+            input_shape=tuple(datamodule.input_shape),
+            class_names=list(datamodule.class_names),
+            preprocessing=datamodule.preprocessing(),
+        )
+        self._build(datamodule.num_classes, tuple(datamodule.input_shape))
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """Called once for a fresh model built from the data module (e.g. to load pretrained weights)."""
+
+    @property
+    def preferred_normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+        """``(mean, std)`` this model expects its inputs normalized with, or ``None`` for the data set's own."""
+        return None
+
+    def configure_model(self) -> None:
+        if self.network is None:
+            return
+        if self._use_channels_last():
+            self.network.to(memory_format=torch.channels_last)
+        if self.hparams.compile and not getattr(self, "_compiled", False):
+            # Module.compile() keeps the state_dict keys unchanged, unlike torch.compile(module).
+            self.network.compile()
+            self._compiled = True
+
+    def _use_channels_last(self) -> bool:
+        setting = self.hparams.channels_last
+        if setting is None:
+            has_conv = any(isinstance(m, nn.Conv2d) for m in self.network.modules())
+            return has_conv and self.device.type == "cuda"
+        return bool(setting)
+
+    def forward(self, images: Tensor) -> Tensor:
+        if self.network is None:
+            raise RuntimeError("the network is not built yet: pass num_classes and input_shape, or fit first")
+        return self.network(images)
+
+    # ------------------------------------------------------------------ steps
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        images, targets = batch
+        logits = self(images)
+        loss = self.criterion(logits, targets)
+        # update() only: the accuracy is computed once per epoch, with no host sync per step.
+        self.train_acc.update(logits, targets)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
+        return loss
+
+    def _eval_step(self, batch: tuple[Tensor, Tensor], stage: str) -> dict[str, Tensor]:
+        images, targets = batch
+        logits = self(images)
+        loss = nn.functional.cross_entropy(logits, targets)
+        metric = self.val_acc if stage == "val" else self.test_acc
+        metric.update(logits, targets)
+        self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=stage == "val", sync_dist=True)
+        self.log(f"{stage}/acc", metric, on_epoch=True, prog_bar=stage == "val")
+        # Returned for callbacks (the classification dashboard); detached so nothing holds the graph.
+        return {"logits": logits.detach(), "targets": targets}
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
+        return self._eval_step(batch, "val")
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
+        return self._eval_step(batch, "test")
+
+    def predict_step(self, batch: Tensor | tuple[Tensor, ...], batch_idx: int) -> Tensor:
+        images = batch[0] if isinstance(batch, (tuple, list)) else batch
+        return self(images).softmax(dim=-1)
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            return
+        # compute() is cached for the epoch, so logging the metric object above costs nothing extra.
+        self.best_val_acc = torch.maximum(self.best_val_acc, self.val_acc.compute().to(self.best_val_acc))
+        self.log("val/acc_best", self.best_val_acc)
+
+    # ------------------------------------------------------------------ optimization
+    def configure_optimizers(self) -> Any:
+        hp = self.hparams
+        # Only trainable parameters: a frozen backbone is added later by the fine-tuning callback.
+        params = [p for p in self.parameters() if p.requires_grad]
+        if hp.optimizer == "adam":
+            optimizer = torch.optim.Adam(params, lr=hp.lr, weight_decay=hp.weight_decay)
+        elif hp.optimizer == "adamw":
+            optimizer = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
+        else:
+            optimizer = torch.optim.SGD(params, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
+
+        if hp.scheduler == "none":
+            return optimizer
+        if hp.scheduler == "step":
+            scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=hp.step_size, gamma=hp.gamma)
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        if hp.scheduler == "plateau":
+            scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                optimizer, mode="max", factor=hp.gamma, patience=hp.step_size
+            )
+            return {
+                "optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "monitor": "val/acc", "interval": "epoch"},
+            }
+        total_steps = max(1, int(self.trainer.estimated_stepping_batches))
+        if hp.scheduler == "cosine":
+            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine(total_steps, warmup_steps=0))
+        else:
+            epochs = max(1, self.trainer.max_epochs or 1)
+            warmup_steps = min(total_steps - 1, math.ceil(total_steps * hp.warmup_epochs / epochs))
+            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine(total_steps, warmup_steps))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+class _cosine:  # noqa: N801 - a picklable function object (LambdaLR saves plain attributes, not closures)
+    """Learning-rate factor: linear warm-up from ~0 to 1 over ``warmup_steps``, then cosine decay to 0."""
+
+    def __init__(self, total_steps: int, warmup_steps: int) -> None:
+        self.total_steps, self.warmup_steps = total_steps, warmup_steps
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return (step + 1) / (self.warmup_steps + 1)
+        progress = (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _check_positive(**values: float) -> None:
+    for name, value in values.items():
+        if not value > 0:
+            raise ValueError(f"{name} must be positive, got {value}")

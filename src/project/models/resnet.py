@@ -1,0 +1,129 @@
+"""ResNet-18 transfer learning: torchvision's network, ImageNet (or your own) weights, a new head."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Literal
+from urllib.error import URLError
+
+import torch
+from lightning.pytorch.callbacks import BaseFinetuning
+from torch import nn
+from torchvision.models import ResNet18_Weights, resnet18
+
+from project.callbacks.finetuning import UnfreezeBackbone
+from project.errors import UserError
+from project.models.classifier import ImageClassifier
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class ResNet(ImageClassifier):
+    """torchvision ResNet-18 with a new ``num_classes`` head.
+
+    Args:
+        weights: ``imagenet`` (torchvision's IMAGENET1K_V1, from its cache or downloaded), ``none`` (random init),
+            or the path of a ResNet-18 state dict or of a checkpoint of this model.
+        finetune: ``head`` trains only the new head (the backbone is frozen, its BatchNorm statistics too);
+            ``all`` trains every layer.
+        unfreeze_at_epoch: With ``finetune: head``, unfreeze the backbone at this epoch (Lightning's
+            ``BaseFinetuning``) and train it with ``lr * backbone_lr_ratio``.
+        backbone_lr_ratio: Learning-rate ratio of the backbone to the head once unfrozen.
+        **kwargs: Training options of :class:`ImageClassifier`.
+
+    One-channel inputs (MNIST) get a one-channel first convolution whose kernel is the sum of the pretrained RGB
+    kernels: the same output as feeding the gray image on all three channels.
+    """
+
+    def __init__(
+        self,
+        weights: str = "imagenet",
+        finetune: Literal["head", "all"] = "head",
+        unfreeze_at_epoch: int | None = None,
+        backbone_lr_ratio: float = 0.1,
+        **kwargs: Any,
+    ):
+        if unfreeze_at_epoch is not None and (unfreeze_at_epoch < 0 or finetune != "head"):
+            raise ValueError("unfreeze_at_epoch needs finetune='head' and a value >= 0")
+        self.weights = weights
+        super().__init__(**kwargs)
+
+    @property
+    def pretrained(self) -> bool:
+        return self.weights.lower() != "none"
+
+    @property
+    def preferred_normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+        return (IMAGENET_MEAN, IMAGENET_STD) if self.pretrained else None
+
+    def build_network(self, input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
+        network = resnet18(weights=None)
+        if input_shape[0] != 3:
+            network.conv1 = nn.Conv2d(input_shape[0], 64, kernel_size=7, stride=2, padding=3, bias=False)
+        network.fc = nn.Linear(network.fc.in_features, num_classes)
+        return network
+
+    @property
+    def backbone(self) -> nn.Module:
+        """Every layer but the head."""
+        return nn.ModuleList(child for name, child in self.network.named_children() if name != "fc")
+
+    def init_weights(self) -> None:
+        if self.pretrained:
+            state = _load_backbone_state(self.weights)
+            conv1 = state["conv1.weight"]
+            channels = self.network.conv1.in_channels
+            if conv1.shape[1] != channels:
+                # Summing the RGB kernels gives what feeding the gray image on all three channels would.
+                state["conv1.weight"] = conv1.sum(dim=1, keepdim=True).repeat(1, channels, 1, 1) / channels
+            head = {key for key in state if key.startswith("fc.")}
+            if head and state["fc.weight"].shape != self.network.fc.weight.shape:
+                state = {key: value for key, value in state.items() if key not in head}
+            missing, unexpected = self.network.load_state_dict(state, strict=False)
+            if unexpected or set(missing) - {"fc.weight", "fc.bias"}:
+                raise UserError(f"--model.weights {self.weights}: not a ResNet-18 state dict ({unexpected or missing})")
+        if self.hparams.finetune == "head":
+            BaseFinetuning.freeze(self.backbone, train_bn=False)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Resuming or evaluating: the checkpoint's weights replace the pretrained ones, and the backbone
+        # must be frozen again (requires_grad is not part of a state dict).
+        if self.hparams.finetune == "head" and self.network is not None:
+            BaseFinetuning.freeze(self.backbone, train_bn=False)
+
+    def configure_callbacks(self) -> list[Any]:
+        if self.hparams.finetune == "head" and self.hparams.unfreeze_at_epoch is not None:
+            return [UnfreezeBackbone(self.hparams.unfreeze_at_epoch, self.hparams.backbone_lr_ratio)]
+        return []
+
+    def train(self, mode: bool = True) -> ResNet:
+        super().train(mode)
+        # A frozen backbone keeps its ImageNet BatchNorm statistics: Lightning puts the module in train mode
+        # every epoch, so eval mode is restored here for the frozen layers.
+        if mode and self.network is not None:
+            for module in self.backbone.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm) and not module.weight.requires_grad:
+                    module.eval()
+        return self
+
+
+def _load_backbone_state(weights: str) -> dict[str, torch.Tensor]:
+    if weights.lower() == "imagenet":
+        spec = ResNet18_Weights.IMAGENET1K_V1
+        cached = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(spec.url))
+        try:
+            return spec.get_state_dict(progress=False, weights_only=True)
+        except (URLError, OSError) as error:
+            raise UserError(
+                f"ResNet-18 ImageNet weights are not in torchvision's cache and could not be downloaded ({error}); "
+                f"put the file at {cached} (from {spec.url}), or pass --model.weights PATH or none"
+            ) from None
+    if not os.path.isfile(weights):
+        raise UserError(f"--model.weights: no such file {weights!r}; use imagenet, none, or a state dict path")
+    from project.checkpoint import load_checkpoint_file
+
+    loaded = load_checkpoint_file(weights)
+    if "state_dict" in loaded:  # a checkpoint of this template: strip the LightningModule's prefix
+        loaded = {k.removeprefix("network."): v for k, v in loaded["state_dict"].items() if k.startswith("network.")}
+    return dict(loaded)

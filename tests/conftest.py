@@ -1,0 +1,97 @@
+"""Shared fixtures: tiny data sets in the real on-disk formats, offline settings, and a tiny-run CLI helper."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+import torch
+
+from project.fakedata import write_cifar10, write_image_folder, write_mnist, write_resnet18_weights
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN_SCRIPT = REPO / "scripts" / "train.py"
+
+# Shrinks any configuration to a run of a few seconds (the lightning-hydra-template idea).
+TINY = [
+    "--trainer.max_epochs",
+    "1",
+    "--trainer.limit_train_batches",
+    "3",
+    "--trainer.limit_val_batches",
+    "2",
+    "--trainer.limit_test_batches",
+    "2",
+    "--trainer.num_sanity_val_steps",
+    "0",
+    "--trainer.enable_progress_bar",
+    "false",
+    "--trainer.enable_model_summary",
+    "false",
+    "--data.batch_size",
+    "16",
+    "--data.val_size",
+    "0.1",
+]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def offline_environment(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """No test touches the network: W&B is offline, torchvision's weight cache holds a saved ResNet-18."""
+    torch_home = tmp_path_factory.mktemp("torch_home")
+    write_resnet18_weights(torch_home)
+    os.environ["TORCH_HOME"] = str(torch_home)
+    os.environ["WANDB_MODE"] = "offline"
+    os.environ["WANDB_SILENT"] = "true"
+    os.environ.pop("WANDB_API_KEY", None)
+    return torch_home
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``data/`` as users have it: MNIST IDX files and CIFAR-10 pickle batches (random, learnable content)."""
+    root = tmp_path_factory.mktemp("data")
+    write_mnist(root, n_train=400, n_test=64)
+    write_cifar10(root, n_train=400, n_test=64)
+    return root
+
+
+@pytest.fixture(scope="session")
+def digits_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """scikit-learn's real handwritten digits written out as MNIST IDX files: a set a model really learns."""
+    root = tmp_path_factory.mktemp("digits")
+    write_mnist(root, n_train=1500, n_test=297, source="digits")
+    return root
+
+
+@pytest.fixture(scope="session")
+def folder_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An image folder of PNG and JPEG files, three classes."""
+    root = tmp_path_factory.mktemp("images")
+    return write_image_folder(root, per_class=20, size=(32, 32))
+
+
+def run_train(args: Sequence[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """``python scripts/train.py ARGS`` in a subprocess, as a user runs it."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore::DeprecationWarning", "COLUMNS": "200"}
+    return subprocess.run(
+        [sys.executable, str(TRAIN_SCRIPT), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

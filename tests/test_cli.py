@@ -1,0 +1,230 @@
+"""The command line end to end: short names, class paths, configs, overrides, the run directory, errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import TINY, run_train
+
+from project.cli import expand_args, main, short_names
+
+
+def _only_run(runs: Path) -> Path:
+    run_dirs = [path for path in runs.iterdir() if path.is_dir()]
+    assert len(run_dirs) == 1, run_dirs
+    return run_dirs[0]
+
+
+def _train(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *args: str) -> tuple[int, Path | None]:
+    monkeypatch.chdir(tmp_path)
+    code = main([*TINY, *args])
+    runs = tmp_path / "runs"
+    return code, _only_run(runs) if runs.exists() else None
+
+
+def test_short_names_come_from_configs() -> None:
+    assert set(short_names("model")) >= {"mlp", "deepnet", "cnn", "resnet"}
+    assert set(short_names("data")) >= {"mnist", "cifar10", "folder"}
+
+
+def test_default_data_follows_the_model() -> None:
+    resnet = expand_args(["--model", "resnet"])
+    assert resnet[resnet.index("--data") + 1].endswith("cifar10.yaml")
+    cnn = expand_args(["--model=cnn"])
+    assert cnn[cnn.index("--data") + 1].endswith("mnist.yaml")
+    assert expand_args(["--precision", "bf16-mixed", "--devices", "2"])[-4:] == [
+        "--trainer.precision",
+        "bf16-mixed",
+        "--trainer.devices",
+        "2",
+    ]
+
+
+def test_run_directory_holds_config_checkpoints_metrics_and_summary(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, data_root: Path
+) -> None:
+    code, run = _train(tmp_path, monkeypatch, "--model", "mlp", "--data.root", str(data_root))
+    assert code == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["model"] == "project.models.MLP"
+    assert summary["data"] == "project.datamodules.MNISTDataModule"
+    assert summary["epochs"] == 1 and summary["global_step"] == 3
+    assert 0.0 <= summary["best_val_acc"] <= 1.0 and 0.0 <= summary["test_acc"] <= 1.0
+    assert summary["test_loss"] > 0 and summary["wall_time_s"] > 0
+    assert Path(summary["checkpoints"]["best"]) == run / "checkpoints" / "best.ckpt"
+    assert Path(summary["checkpoints"]["last"]) == run / "checkpoints" / "last.ckpt"
+    for name in ("config.yaml", "metrics.csv", "checkpoints/best.ckpt", "checkpoints/last.ckpt"):
+        assert (run / name).is_file(), name
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["model"]["class_path"] == "project.models.MLP"
+    assert "val/acc" in (run / "metrics.csv").read_text().splitlines()[0]
+
+
+def test_class_paths_and_overrides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, data_root: Path) -> None:
+    code, run = _train(
+        tmp_path,
+        monkeypatch,
+        "--model",
+        "project.models.CNN",
+        "--data",
+        "project.datamodules.MNISTDataModule",
+        "--data.root",
+        str(data_root),
+        "--model.lr",
+        "0.01",
+        "--model.channels",
+        "[8, 16]",
+        "--data.batch_size",
+        "8",
+        "--seed",
+        "7",
+    )
+    assert code == 0
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["model"]["init_args"]["lr"] == 0.01
+    assert config["model"]["init_args"]["channels"] == [8, 16]
+    assert config["data"]["init_args"]["batch_size"] == 8
+    assert config["seed_everything"] == 7
+
+
+def test_config_files_compose_and_later_wins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, data_root: Path) -> None:
+    first = tmp_path / "first.yaml"
+    first.write_text(yaml.safe_dump({"model": {"init_args": {"lr": 0.05, "dropout": 0.3}}}))
+    second = tmp_path / "second.yaml"
+    second.write_text(yaml.safe_dump({"model": {"init_args": {"lr": 0.002}}, "trainer": {"max_epochs": 1}}))
+    code, run = _train(
+        tmp_path, monkeypatch, "--data.root", str(data_root), "--config", str(first), "--config", str(second)
+    )
+    assert code == 0
+    model = yaml.safe_load((run / "config.yaml").read_text())["model"]["init_args"]
+    assert (model["lr"], model["dropout"]) == (0.002, 0.3)
+
+
+def test_print_config_prints_and_trains_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--model", "deepnet", "--model.dropout", "0.1", "--print_config"])
+    assert exit_info.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["class_path"] == "project.models.DeepNet"
+    assert printed["model"]["init_args"]["dropout"] == 0.1
+    assert printed["trainer"]["gradient_clip_val"] == 1.0
+    assert not (tmp_path / "runs").exists()
+
+
+def test_explicit_run_dir_is_never_overwritten(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, data_root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_dir = tmp_path / "my-run"
+    code, _ = _train(tmp_path, monkeypatch, "--data.root", str(data_root), "--run_dir", str(run_dir))
+    assert code == 0
+    before = (run_dir / "checkpoints" / "best.ckpt").read_bytes()
+    assert main([*TINY, "--data.root", str(data_root), "--run_dir", str(run_dir)]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert (run_dir / "checkpoints" / "best.ckpt").read_bytes() == before
+
+
+def test_reloaded_best_checkpoint_gives_the_reported_test_accuracy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, data_root: Path
+) -> None:
+    from lightning import Trainer
+
+    from project.checkpoint import load_model
+    from project.datamodules import MNISTDataModule
+
+    code, run = _train(tmp_path, monkeypatch, "--model", "cnn", "--data.root", str(data_root))
+    assert code == 0
+    summary = json.loads((run / "summary.json").read_text())
+    model = load_model(summary["checkpoints"]["best"])
+    assert model.hparams.class_names == [str(digit) for digit in range(10)]
+    trainer = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, limit_test_batches=2)
+    results = trainer.test(model, datamodule=MNISTDataModule(root=str(data_root), batch_size=16), verbose=False)
+    assert results[0]["test/acc"] == pytest.approx(summary["test_acc"], abs=1e-6)
+    assert results[0]["test/loss"] == pytest.approx(summary["test_loss"], rel=1e-5)
+
+
+@pytest.mark.parametrize("model", ["mlp", "deepnet", "cnn", "resnet"])
+@pytest.mark.parametrize("data", ["mnist", "cifar10", "folder"])
+def test_every_model_trains_on_every_data_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, data_root: Path, folder_root: Path, model: str, data: str
+) -> None:
+    root = folder_root if data == "folder" else data_root
+    extra = ["--data.image_size", "32"] if data == "folder" else []
+    code, run = _train(tmp_path, monkeypatch, "--model", model, "--data", data, "--data.root", str(root), *extra)
+    assert code == 0
+    checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    hparams = checkpoint["hyper_parameters"]
+    expected_classes = ["cat", "dog", "frog"] if data == "folder" else None
+    if expected_classes:
+        assert hparams["class_names"] == expected_classes
+    assert hparams["num_classes"] == len(hparams["class_names"])
+    channels = 1 if data == "mnist" else 3
+    assert hparams["input_shape"][0] == channels
+    from project.checkpoint import load_model
+
+    network = load_model(run / "checkpoints" / "last.ckpt")
+    assert network(torch.zeros(2, *hparams["input_shape"])).shape == (2, hparams["num_classes"])
+
+
+# ---------------------------------------------------------------------------------------------- as a user runs it
+def test_resnet_defaults_to_cifar10_from_the_real_script(tmp_path: Path, data_root: Path) -> None:
+    result = run_train(["--model", "resnet", *TINY, "--data.root", str(data_root)], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads(next((tmp_path / "runs").glob("*/summary.json")).read_text())
+    assert summary["data"] == "project.datamodules.CIFAR10DataModule"
+    assert "run directory:" in result.stdout and "test acc" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (
+            ["--model", "transformer"],
+            "unknown --model 'transformer': choose one of cnn, deepnet, mlp, resnet",
+        ),
+        (["--data", "imagenet"], "unknown --data 'imagenet': choose one of cifar10, folder, mnist"),
+        (["--model.lr", "fast"], "model.lr"),
+        (["--trainer.max_epochs", "-5"], "max_epochs"),
+        (["--data.batch_size", "0"], "batch_size must be at least 1"),
+        (["--model.no_such_option", "1"], "no_such_option"),
+        (
+            ["--data.root", "/nonexistent/data", "--data.download", "false"],
+            "MNIST is not in /nonexistent/data",
+        ),
+        (["--accelerator", "gpu"], "no CUDA GPU is available"),
+        (["--model", "resnet", "--model.weights", "/nonexistent.pth"], "--model.weights: no such file"),
+    ],
+)
+def test_user_mistakes_are_one_line_errors_with_exit_code_2(
+    tmp_path: Path, args: list[str], expected: str, data_root: Path
+) -> None:
+    if "--data.root" not in args:
+        args = [*args, "--data.root", str(data_root)]
+    result = run_train([*TINY, *args], cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1, result.stderr
+    assert expected in error_lines[0]
+
+
+def test_missing_imagenet_weights_say_where_to_put_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, data_root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import torchvision.models._api as weights_api
+
+    def no_network(*args: object, **kwargs: object) -> None:
+        raise OSError("network unreachable")
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr(weights_api, "load_state_dict_from_url", no_network)
+    code, _ = _train(tmp_path, monkeypatch, "--model", "resnet", "--data.root", str(data_root))
+    assert code == 2
+    error = capsys.readouterr().err
+    assert str(tmp_path / "empty-cache" / "hub" / "checkpoints" / "resnet18-f37072fd.pth") in error
