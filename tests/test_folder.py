@@ -313,6 +313,18 @@ def test_dataloader_path_shuffles_with_the_global_seed(tmp_path: Path, monkeypat
     assert order("7") == first
     assert order("8") != first
 
+    # Each epoch's order depends only on (seed, epoch): a fresh loader set to epoch 1, as after a resume,
+    # gives the same order as a loader that went through epoch 0 first.
+    monkeypatch.setenv("PL_GLOBAL_SEED", "7")
+    continuing = dm.train_dataloader()
+    _all(continuing)
+    continuing.sampler.set_epoch(1)
+    resumed = dm.train_dataloader()
+    resumed.sampler.set_epoch(1)
+    second_epoch = _all(continuing)[1].tolist()
+    assert second_epoch != first
+    assert _all(resumed)[1].tolist() == second_epoch
+
 
 def test_dataloader_path_with_worker_processes(tmp_path: Path) -> None:
     root = _folder(tmp_path, per_class=4)
@@ -413,7 +425,7 @@ def test_config_and_command_line_see_every_option(tmp_path: Path) -> None:
     from jsonargparse import ArgumentParser
 
     config = yaml.safe_load((REPO / "configs" / "data" / "folder.yaml").read_text())
-    assert config["class_path"] == "project.datamodules.folder.FolderDataModule"
+    assert config["class_path"] == "project.datamodules.FolderDataModule"
     parser = ArgumentParser()
     parser.add_class_arguments(FolderDataModule, "data")
     args = parser.parse_args([f"--data.{key}={value}" for key, value in config["init_args"].items()])
@@ -422,3 +434,12 @@ def test_config_and_command_line_see_every_option(tmp_path: Path) -> None:
     assert options["hflip"] is True and options["image_channels"] == 3
     dm = FolderDataModule(**{**options, "root": str(_folder(tmp_path))})
     assert dm.batch_size == 32 and dm.input_shape == (3, 64, 64) and dm.class_names == ["cat", "dog", "frog"]
+
+
+def test_hyperparameters_do_not_clash_with_the_models(tmp_path: Path) -> None:
+    # Lightning refuses to log a model and a data module that share a hyperparameter with different values.
+    from project.models import CNN, MLP, DeepNet
+
+    dm = _module(_folder(tmp_path))
+    for model in (CNN(), MLP(), DeepNet()):
+        assert not (set(model.hparams) & set(dm.hparams) - {"_class_path"}), type(model).__name__

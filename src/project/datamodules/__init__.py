@@ -2,6 +2,7 @@
 
 from project.datamodules.base import ImageDataModule, InMemoryLoader
 from project.datamodules.cifar10 import CIFAR10DataModule
+from project.datamodules.folder import FolderDataModule
 from project.datamodules.mnist import MNISTDataModule
 
-__all__ = ["CIFAR10DataModule", "ImageDataModule", "InMemoryLoader", "MNISTDataModule"]
+__all__ = ["CIFAR10DataModule", "FolderDataModule", "ImageDataModule", "InMemoryLoader", "MNISTDataModule"]

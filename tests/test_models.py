@@ -1,0 +1,186 @@
+"""The networks, the shared training logic (optimizers, schedulers, loss) and ResNet transfer learning."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from lightning import Trainer
+from torch import nn
+
+from project.callbacks.finetuning import UnfreezeBackbone
+from project.datamodules import MNISTDataModule
+from project.models import CNN, MLP, DeepNet, ResNet
+from project.models.classifier import _cosine
+
+
+def _layers(model: nn.Module, kind: type[nn.Module]) -> list[nn.Module]:
+    return [module for module in model.network.modules() if isinstance(module, kind)]
+
+
+def test_mlp_is_the_textbook_mnistnet() -> None:
+    model = MLP(num_classes=10, input_shape=(1, 28, 28))
+    linears = _layers(model, nn.Linear)
+    assert [(layer.in_features, layer.out_features) for layer in linears] == [(784, 512), (512, 256), (256, 10)]
+    assert [layer.p for layer in _layers(model, nn.Dropout)] == [0.2, 0.2]
+    assert len(_layers(model, nn.ReLU)) == 2
+
+
+def test_deepnet_is_the_textbook_deepnet() -> None:
+    model = DeepNet(num_classes=10, input_shape=(3, 32, 32))
+    linears = _layers(model, nn.Linear)
+    assert [layer.out_features for layer in linears] == [512, 256, 128, 10]
+    assert linears[0].in_features == 3 * 32 * 32
+    assert [bn.num_features for bn in _layers(model, nn.BatchNorm1d)] == [512, 256, 128]
+    assert {layer.p for layer in _layers(model, nn.Dropout)} == {0.5}
+
+
+@pytest.mark.parametrize("model_class", [MLP, DeepNet, CNN, ResNet])
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32), (3, 64, 64)])
+def test_every_network_maps_any_input_shape_to_logits(model_class: type, shape: tuple[int, int, int]) -> None:
+    kwargs = {"weights": "none"} if model_class is ResNet else {}
+    model = model_class(num_classes=7, input_shape=shape, **kwargs).eval()
+    assert model(torch.randn(3, *shape)).shape == (3, 7)
+
+
+def test_hyperparameters_are_plain_values_without_modules() -> None:
+    model = CNN(num_classes=10, input_shape=(1, 28, 28), lr=0.01, scheduler="cosine")
+    assert model.hparams.lr == 0.01 and model.hparams.channels == (32, 64, 128)
+    allowed = (int, float, str, bool, type(None), list, tuple, dict)
+    assert all(isinstance(value, allowed) for value in model.hparams.values())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"lr": -1.0}, "lr must be positive"), ({"label_smoothing": 1.5}, "label_smoothing")],
+)
+def test_bad_training_options_are_refused(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        MLP(**kwargs)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd"])
+def test_optimizers(optimizer: str) -> None:
+    model = MLP(num_classes=10, input_shape=(1, 8, 8), optimizer=optimizer, lr=0.05, weight_decay=0.01, momentum=0.8)
+    configured = model.configure_optimizers()
+    expected = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}[optimizer]
+    assert type(configured) is expected
+    assert configured.param_groups[0]["lr"] == 0.05 and configured.param_groups[0]["weight_decay"] == 0.01
+    if optimizer == "sgd":
+        assert configured.param_groups[0]["momentum"] == 0.8
+
+
+def test_warmup_cosine_rises_then_decays_to_zero() -> None:
+    schedule = _cosine(total_steps=100, warmup_steps=10)
+    factors = [schedule(step) for step in range(101)]
+    assert factors[0] < 0.1 and factors[9] < factors[10] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(factors[10:], factors[11:], strict=False))
+    assert factors[100] == pytest.approx(0.0, abs=1e-9)
+    assert factors[55] == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.5)))
+
+
+@pytest.mark.parametrize("scheduler", ["step", "plateau", "cosine", "warmup_cosine"])
+def test_each_scheduler_runs_inside_the_trainer(tmp_path: Path, data_root: Path, scheduler: str) -> None:
+    from lightning.pytorch.callbacks import LearningRateMonitor
+    from lightning.pytorch.loggers import CSVLogger
+
+    model = MLP(hidden_sizes=[32], scheduler=scheduler, step_size=1, lr=0.01)
+    data = MNISTDataModule(root=str(data_root), batch_size=32, val_size=0.2)
+    trainer = Trainer(
+        accelerator="cpu",
+        max_epochs=2,
+        logger=CSVLogger(tmp_path, name="", version=""),
+        callbacks=[LearningRateMonitor(logging_interval="step")],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        log_every_n_steps=1,
+    )
+    trainer.fit(model, datamodule=data)
+    final = trainer.optimizers[0].param_groups[0]["lr"]
+    if scheduler == "step":
+        assert final == pytest.approx(0.01 * 0.1**2)
+    elif scheduler == "plateau":
+        assert final <= 0.01
+    else:
+        assert final < 0.01 * 0.05  # cosine decays towards zero by the last step
+
+
+def test_label_smoothing_changes_the_loss() -> None:
+    logits, targets = torch.tensor([[4.0, 0.0, 0.0]]), torch.tensor([0])
+    plain = MLP(num_classes=3, input_shape=(1, 2, 2)).criterion(logits, targets)
+    smoothed = MLP(num_classes=3, input_shape=(1, 2, 2), label_smoothing=0.3).criterion(logits, targets)
+    assert smoothed > plain
+
+
+def test_resnet_loads_imagenet_weights_from_the_torchvision_cache(offline_environment: Path) -> None:
+    from torchvision.models import resnet18
+
+    reference = resnet18()
+    cached = next((offline_environment / "hub" / "checkpoints").glob("resnet18-*.pth"))
+    reference.load_state_dict(torch.load(cached, weights_only=True))
+    model = ResNet(weights="imagenet", num_classes=5, input_shape=(3, 32, 32))
+    model.init_weights()
+    assert torch.equal(model.network.layer1[0].conv1.weight, reference.layer1[0].conv1.weight)
+    assert model.network.fc.out_features == 5
+    assert model.preferred_normalization[0] == (0.485, 0.456, 0.406)
+
+
+def test_resnet_on_gray_images_matches_gray_copied_to_rgb(offline_environment: Path) -> None:
+    gray = ResNet(weights="imagenet", num_classes=4, input_shape=(1, 32, 32), finetune="all")
+    rgb = ResNet(weights="imagenet", num_classes=4, input_shape=(3, 32, 32), finetune="all")
+    gray.init_weights()
+    rgb.init_weights()
+    rgb.network.fc.load_state_dict(gray.network.fc.state_dict())
+    images = torch.randn(2, 1, 32, 32)
+    gray.eval(), rgb.eval()
+    torch.testing.assert_close(gray(images), rgb(images.expand(-1, 3, -1, -1)), rtol=1e-4, atol=1e-4)
+
+
+def test_resnet_frozen_backbone_trains_only_the_head(offline_environment: Path) -> None:
+    model = ResNet(weights="imagenet", num_classes=3, input_shape=(3, 32, 32))
+    model.init_weights()
+    trainable = {name for name, parameter in model.named_parameters() if parameter.requires_grad}
+    assert trainable == {"network.fc.weight", "network.fc.bias"}
+    model.train()
+    assert not model.network.bn1.training  # frozen BatchNorm keeps its ImageNet statistics
+    full = ResNet(weights="imagenet", num_classes=3, input_shape=(3, 32, 32), finetune="all")
+    full.init_weights()
+    assert all(parameter.requires_grad for parameter in full.parameters())
+
+
+def test_resnet_weights_from_a_state_dict_file(tmp_path: Path) -> None:
+    from torchvision.models import resnet18
+
+    source = resnet18(num_classes=10)
+    path = tmp_path / "mine.pth"
+    torch.save(source.state_dict(), path)
+    model = ResNet(weights=str(path), num_classes=10, input_shape=(3, 32, 32), finetune="all")
+    model.init_weights()
+    assert torch.equal(model.network.fc.weight, source.fc.weight)  # same head shape: kept
+
+
+def test_unfreeze_at_epoch_adds_the_backbone_to_the_optimizer(tmp_path: Path, data_root: Path) -> None:
+    from project.datamodules import CIFAR10DataModule
+
+    model = ResNet(weights="imagenet", unfreeze_at_epoch=1, backbone_lr_ratio=0.1, lr=0.01)
+    assert any(isinstance(callback, UnfreezeBackbone) for callback in model.configure_callbacks())
+    data = CIFAR10DataModule(root=str(data_root), batch_size=16, val_size=0.1)
+    trainer = Trainer(
+        accelerator="cpu",
+        max_epochs=2,
+        limit_train_batches=2,
+        limit_val_batches=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+    )
+    trainer.fit(model, datamodule=data)
+    groups = trainer.optimizers[0].param_groups
+    assert len(groups) == 2 and groups[1]["lr"] == pytest.approx(groups[0]["lr"] * 0.1)
+    assert all(parameter.requires_grad for parameter in model.parameters())
+    pretrained = ResNet(weights="imagenet", num_classes=10, input_shape=(3, 32, 32))
+    pretrained.init_weights()
+    # The backbone was trained in epoch 1, after the unfreeze.
+    assert not torch.equal(pretrained.network.layer4[0].conv1.weight, model.network.layer4[0].conv1.weight)
