@@ -90,7 +90,7 @@ def test_split_layout_uses_the_folders(tmp_path: Path) -> None:
 def test_split_layout_carves_a_missing_val_folder(tmp_path: Path) -> None:
     root = _folder(tmp_path, layout="split", split_counts=(10, 2, 2))
     shutil.rmtree(root / "val")
-    files = _module(root, val_fraction=0.2).splits_files()
+    files = _module(root, val_size=0.2).splits_files()
     assert len(files["train"]) == 24 and len(files["val"]) == 6 and len(files["test"]) == 6
     assert all(f"{os.sep}train{os.sep}" in path for path, _ in files["val"])
 
@@ -117,7 +117,7 @@ def test_extensions_in_any_case_and_more_formats(tmp_path: Path) -> None:
         _save(Image.fromarray(_rgb(seed=i)), root / "only" / name)  # PIL picks the format from the extension
         _save(Image.fromarray(_rgb(seed=i)), root / "other" / name)
     (root / "only" / "notes.txt").write_text("not an image, ignored")
-    dm = _module(root, val_fraction=0.0, test_fraction=0.0)
+    dm = _module(root, val_size=0.0, test_size=0.0)
     assert _setup_warnings(dm) == []
     assert dm.splits["train"][0].shape == (12, 3, SIZE, SIZE)
 
@@ -171,7 +171,7 @@ def _bad_files(root: Path) -> list[Path]:
 def test_undecodable_files_are_skipped_with_one_warning(tmp_path: Path) -> None:
     root = _folder(tmp_path)
     bad = _bad_files(root)
-    dm = _module(root, val_fraction=0.0, test_fraction=0.0)
+    dm = _module(root, val_size=0.0, test_size=0.0)
     messages = _setup_warnings(dm)
     assert len(messages) == 1
     assert "skipping 3 unusable file(s)" in messages[0]
@@ -192,7 +192,7 @@ def test_undecodable_files_are_an_error_when_strict(tmp_path: Path) -> None:
 def test_undecodable_files_are_found_without_the_cache(tmp_path: Path) -> None:
     root = _folder(tmp_path)
     bad = _bad_files(root)
-    dm = _module(root, cache="never", val_fraction=0.0, test_fraction=0.0)
+    dm = _module(root, cache="never", val_size=0.0, test_size=0.0)
     messages = _setup_warnings(dm)
     assert len(messages) == 1 and all(str(path) in messages[0] for path in bad)
     assert dm.in_memory is False and len(_all(dm.train_dataloader())[1]) == 30
@@ -203,7 +203,7 @@ def test_a_class_of_only_bad_files_is_an_error(tmp_path: Path) -> None:
     (root / "broken").mkdir()
     (root / "broken" / "a.png").write_text("nope")
     with pytest.raises(DataError, match=r"\['broken'\] .* no usable training image"):
-        _setup_warnings(_module(root, val_fraction=0.0, test_fraction=0.0))
+        _setup_warnings(_module(root, val_size=0.0, test_size=0.0))
 
 
 def _symlink_or_skip(target: Path, link: Path) -> None:
@@ -219,7 +219,7 @@ def test_symlinks_out_of_the_root_are_refused(tmp_path: Path) -> None:
     _symlink_or_skip(outside / "owl" / "owl_0.png", root / "cat" / "escape.png")
     _symlink_or_skip(outside / "owl", root / "owl")
     _symlink_or_skip(root / "dog" / "dog_1.jpg", root / "cat" / "inside.jpg")  # inside the root: followed
-    dm = _module(root, val_fraction=0.0, test_fraction=0.0)
+    dm = _module(root, val_size=0.0, test_size=0.0)
     assert dm.class_names == ["cat", "dog", "frog"]
     messages = _setup_warnings(dm)
     assert len(messages) == 1
@@ -233,7 +233,7 @@ def test_symlinks_out_of_the_root_are_refused(tmp_path: Path) -> None:
 def test_decompression_bombs_are_refused_from_the_header(tmp_path: Path) -> None:
     root = _folder(tmp_path)
     _save(Image.new("L", (1200, 1000)), root / "cat" / "bomb.png")
-    dm = _module(root, max_image_pixels=1_000_000, val_fraction=0.0, test_fraction=0.0)
+    dm = _module(root, max_image_pixels=1_000_000, val_size=0.0, test_size=0.0)
     messages = _setup_warnings(dm)
     assert len(messages) == 1
     assert "bomb.png: 1200x1000 = 1200000 pixels is more than max_image_pixels" in messages[0]
@@ -246,7 +246,7 @@ def test_pil_decompression_bomb_warnings_and_errors_do_not_leak(
     root = _folder(tmp_path)  # 20x20 = 400 pixels
     _save(Image.new("RGB", (40, 40)), root / "cat" / "big.png")  # 1600 pixels
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 300)  # PIL warns above 300 pixels and raises above 600
-    dm = _module(root, val_fraction=0.0, test_fraction=0.0)
+    dm = _module(root, val_size=0.0, test_size=0.0)
     messages = _setup_warnings(dm)  # fails on a DecompressionBombWarning
     assert len(messages) == 1 and "big.png: refused as a decompression bomb" in messages[0]
     assert len(dm.splits["train"][1]) == 30
@@ -328,7 +328,7 @@ def test_dataloader_path_shuffles_with_the_global_seed(tmp_path: Path, monkeypat
 
 def test_dataloader_path_with_worker_processes(tmp_path: Path) -> None:
     root = _folder(tmp_path, per_class=4)
-    dm = _module(root, cache="never", num_workers=1, val_fraction=0.0, test_fraction=0.0, batch_size=4)
+    dm = _module(root, cache="never", num_workers=1, val_size=0.0, test_size=0.0, batch_size=4)
     dm.setup("fit")
     loader = dm.train_dataloader()
     assert loader.num_workers == 1 and loader.persistent_workers and not loader.pin_memory
@@ -405,9 +405,9 @@ def test_load_image_resizes_and_names_bad_files(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "name"),
     [
-        ({"val_fraction": 1.0}, "val_fraction"),
-        ({"test_fraction": -0.1}, "test_fraction"),
-        ({"val_fraction": 0.5, "test_fraction": 0.5}, "val_fraction \\+ test_fraction"),
+        ({"val_size": 1.0}, "val_size"),
+        ({"test_size": -0.1}, "test_size"),
+        ({"val_size": 0.5, "test_size": 0.5}, "val_size \\+ test_size"),
         ({"image_size": 0}, "image_size"),
         ({"image_channels": 2}, "image_channels"),
         ({"num_workers": -1}, "num_workers"),

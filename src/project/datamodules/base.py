@@ -32,6 +32,9 @@ class InMemoryLoader:
     ranks. With ``world_size > 1`` each rank takes every ``world_size``-th sample of that order; the training
     order is padded (like ``DistributedSampler``) so every rank runs the same number of steps, the evaluation
     order is not, so each sample is scored exactly once.
+
+    The loader is resumable mid-epoch: Lightning saves :meth:`state_dict` in checkpoints and hands it back to
+    :meth:`load_state_dict` on resume; the next iteration of that epoch skips the batches already trained on.
     """
 
     def __init__(
@@ -51,6 +54,8 @@ class InMemoryLoader:
         self.batch_size, self.shuffle, self.seed, self.drop_last = batch_size, shuffle, seed, drop_last
         self.rank, self.world_size = rank, world_size
         self.epoch = 0
+        self._yielded = 0  # batches handed out in the current epoch
+        self._resume_at: tuple[int, int] | None = None  # (epoch, batches done) from a checkpoint
 
     #: Lightning inspects these DataLoader attributes; there is no batch sampler to wrap.
     batch_sampler = None
@@ -62,6 +67,15 @@ class InMemoryLoader:
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+        self._yielded = 0
+
+    def state_dict(self) -> dict[str, int]:
+        # Lightning fetches no batch ahead from a loader that has a length, so when a checkpoint is written the
+        # batches handed out are exactly those trained on (tests/test_resume.py checks this end to end).
+        return {"epoch": self.epoch, "batches_done": self._yielded}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self._resume_at = (int(state["epoch"]), int(state["batches_done"]))
 
     def _num_samples(self) -> int:
         n = len(self.labels)
@@ -90,17 +104,26 @@ class InMemoryLoader:
         return order
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        # A generator: this body runs at the first next(), after Lightning's set_epoch() and load_state_dict().
+        first = 0
+        if self._resume_at is not None:
+            epoch, done = self._resume_at
+            self._resume_at = None
+            first = done if epoch == self.epoch else 0  # a checkpoint from an earlier epoch's end skips nothing
+        self._yielded = first
         if not self.shuffle and self.world_size == 1:
             # Evaluation in order: slices are views, nothing is copied.
-            for start in range(0, len(self) * self.batch_size, self.batch_size):
+            for start in range(first * self.batch_size, len(self) * self.batch_size, self.batch_size):
+                self._yielded += 1
                 yield (
                     self.images[start : start + self.batch_size],
                     self.labels[start : start + self.batch_size],
                 )
             return
         order = self.indices().to(self.images.device)
-        for batch in range(len(self)):
+        for batch in range(first, len(self)):
             index = order[batch * self.batch_size : (batch + 1) * self.batch_size]
+            self._yielded += 1
             yield self.images[index], self.labels[index]
 
 
@@ -120,7 +143,6 @@ class ImageDataModule(L.LightningDataModule):
         hflip: Random horizontal flips (training only).
         rotation: Random rotation by up to this many degrees (training only).
         color_jitter: Random brightness/contrast/saturation change of up to this fraction (training only).
-        download: Download the data set when it is missing.
     """
 
     #: Mean and standard deviation of the data set's pixels in [0, 1], per channel.
@@ -141,7 +163,6 @@ class ImageDataModule(L.LightningDataModule):
         hflip: bool = False,
         rotation: float = 0.0,
         color_jitter: float = 0.0,
-        download: bool = True,
     ) -> None:
         super().__init__()
         if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1):

@@ -29,6 +29,7 @@ class CIFAR10DataModule(ImageDataModule):
     4-pixel padding and horizontal flip (set in ``configs/data/cifar10.yaml``).
 
     Args:
+        download: Download the data set when it is missing (the only network access, in ``prepare_data``).
         **kwargs: Options of :class:`~project.datamodules.base.ImageDataModule`.
     """
 
@@ -36,8 +37,9 @@ class CIFAR10DataModule(ImageDataModule):
     native_shape = (3, 32, 32)
     _names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, download: bool = True, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self.download = download
 
     @property
     def class_names(self) -> list[str]:
@@ -51,7 +53,7 @@ class CIFAR10DataModule(ImageDataModule):
         missing = [name for name in TRAIN_FILES + TEST_FILES if not os.path.isfile(os.path.join(self.folder, name))]
         if not missing:
             return
-        if not self.hparams.download:
+        if not self.download:
             raise DataError(f"CIFAR-10 files {missing} are missing in {self.folder} and --data.download is false")
         try:
             download_and_extract_archive(URL, download_root=self.root, md5=ARCHIVE_MD5)

@@ -71,16 +71,16 @@ class FolderDataModule(ImageDataModule):
     folders) that resolve outside ``root``; symlinks inside ``root`` are followed.
 
     ``normalize="auto"`` or ``"dataset"`` uses the mean and standard deviation of the training images, per
-    channel, computed exactly at setup. The base options ``val_size`` and ``download`` are not used here.
+    channel, computed exactly at setup.
 
     Args:
         root: The image folder.
         image_size: Images are resized to ``image_size`` × ``image_size`` (aspect ratio not kept).
         image_channels: 3 (RGB) or 1 (gray); every image is converted to it. (Not ``channels``: Lightning
             logs the model's and the data's hyperparameters together, and the CNN's ``channels`` are widths.)
-        val_fraction: Fraction of each class's training images held out for validation when there is no
+        val_size: Fraction (< 1) of each class's training images held out for validation when there is no
             ``val`` folder.
-        test_fraction: Fraction of each class's training images held out for testing when there is no
+        test_size: Fraction (< 1) of each class's training images held out for testing when there is no
             ``test`` folder.
         num_workers: ``DataLoader`` worker processes, for decoding at setup and, without the cache, batches.
         cache: ``auto`` keeps the decoded images in memory (on the training device) when they take less than
@@ -99,8 +99,8 @@ class FolderDataModule(ImageDataModule):
         root: str = "data/images",
         image_size: int = 64,
         image_channels: int = 3,
-        val_fraction: float = 0.1,
-        test_fraction: float = 0.1,
+        val_size: float = 0.1,
+        test_size: float = 0.1,
         num_workers: int = 2,
         cache: CacheMode = "auto",
         strict: bool = False,
@@ -111,13 +111,12 @@ class FolderDataModule(ImageDataModule):
             raise ValueError(f"image_size must be a positive number of pixels, got {image_size}")
         if image_channels not in (1, 3):
             raise ValueError(f"image_channels must be 1 (gray) or 3 (RGB), got {image_channels}")
-        for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        for name, value in (("val_size", val_size), ("test_size", test_size)):
             if not 0 <= value < 1:
                 raise ValueError(f"{name} must be in [0, 1), got {value}")
-        if val_fraction + test_fraction >= 1:
+        if val_size + test_size >= 1:
             raise ValueError(
-                f"val_fraction + test_fraction must be below 1 to leave training images, "
-                f"got {val_fraction} + {test_fraction}"
+                f"val_size + test_size must be below 1 to leave training images, got {val_size} + {test_size}"
             )
         if num_workers < 0:
             raise ValueError(f"num_workers must not be negative, got {num_workers}")
@@ -125,7 +124,7 @@ class FolderDataModule(ImageDataModule):
             raise ValueError(f"cache must be 'auto', 'always' or 'never', got {cache!r}")
         if max_image_pixels < 1:
             raise ValueError(f"max_image_pixels must be positive, got {max_image_pixels}")
-        super().__init__(root=root, image_size=image_size, **kwargs)
+        super().__init__(root=root, image_size=image_size, val_size=val_size, **kwargs)
         self.native_shape = (image_channels, image_size, image_size)
         self._stats_ready = False  # dataset_stats is computed from the training images at setup
         self._scan_result: _Scan | None = None
@@ -172,7 +171,7 @@ class FolderDataModule(ImageDataModule):
         """``{"train"|"val"|"test": [(path, label), ...]}`` of all files found, per folder or seeded split."""
         if self._split_items is None:
             scan = self._scan()
-            fractions = {"val": self.hparams.val_fraction, "test": self.hparams.test_fraction}
+            fractions = {"val": self.hparams.val_size, "test": self.hparams.test_size}
             carve = {split: fraction for split, fraction in fractions.items() if split not in scan.items}
             items = dict(scan.items)
             items.update(_carve(scan.items["train"], carve, self.hparams.split_seed))

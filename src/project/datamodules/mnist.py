@@ -16,14 +16,16 @@ class MNISTDataModule(ImageDataModule):
     """torchvision's MNIST under ``root/MNIST/raw``, downloaded when missing.
 
     Args:
+        download: Download the data set when it is missing (the only network access, in ``prepare_data``).
         **kwargs: Options of :class:`~project.datamodules.base.ImageDataModule` (``root``, ``batch_size``, ...).
     """
 
     dataset_stats = ((0.1307,), (0.3081,))
     native_shape = (1, 28, 28)
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, download: bool = True, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self.download = download
 
     @property
     def class_names(self) -> list[str]:
@@ -32,7 +34,7 @@ class MNISTDataModule(ImageDataModule):
     def prepare_data(self) -> None:
         # Called once per node before setup: the only place that downloads.
         for train in (True, False):
-            self._dataset(train, download=self.hparams.download)
+            self._dataset(train, download=self.download)
 
     def _dataset(self, train: bool, download: bool = False) -> MNIST:
         raw = os.path.join(self.root, "MNIST", "raw")
