@@ -36,6 +36,8 @@ TINY = [
     "16",
     "--data.val_size",
     "0.1",
+    "--dashboard_every",
+    "0",  # drawing PNGs costs about a second a run; the dashboard tests switch it back on
 ]
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import os
 import pickle
-import zipfile
+import re
 from pathlib import Path
 from typing import Any
 
@@ -28,26 +28,33 @@ def load_checkpoint_file(path: str | os.PathLike[str], map_location: str | torch
         raise CheckpointError(f"checkpoint {str(path)!r} is empty (0 bytes): the write was interrupted?")
     try:
         loaded = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as error:
-        reason = str(error).splitlines()[0] if "Weights only load failed" not in str(error) else ""
-        detail = _unsafe_global(str(error)) or reason
+    except MemoryError:
+        raise
+    except Exception as error:  # a damaged file fails in many ways (RuntimeError, EOFError, KeyError...)
+        unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+        if isinstance(error, pickle.UnpicklingError) and unsafe:
+            raise CheckpointError(
+                f"checkpoint {str(path)!r} was refused: loading it would import {unsafe.group(1)}, and a checkpoint may"
+                " hold only tensors and plain values; load only checkpoints you trust, re-saved as state dicts"
+            ) from None
         raise CheckpointError(
-            f"checkpoint {str(path)!r} was refused: it holds objects other than tensors and plain values"
-            f"{' (' + detail + ')' if detail else ''}; only load checkpoints you trust, re-saved as state dicts"
+            f"checkpoint {str(path)!r} is truncated, corrupt or not a PyTorch checkpoint ({_reason(error)})"
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CheckpointError(f"checkpoint {str(path)!r} is truncated or not a PyTorch checkpoint ({first})") from None
     if not isinstance(loaded, dict):
         raise CheckpointError(f"checkpoint {str(path)!r} holds a {type(loaded).__name__}, not a dict")
     return loaded
 
 
-def _unsafe_global(message: str) -> str:
-    for line in message.splitlines():
-        if "Unsupported global" in line or "GLOBAL" in line:
-            return line.strip().split(". ")[0]
-    return ""
+def _reason(error: BaseException) -> str:
+    """The informative part of torch's many-line errors, e.g. ``Unsupported operand 53``, as one short line."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    for index, line in enumerate(lines):
+        if "WeightsUnpickler error:" in line:
+            detail = line.partition("WeightsUnpickler error:")[2].strip()
+            lines = [detail] if detail else lines[index + 1 :]
+            break
+    reason = lines[0].split(". ")[0] if lines else ""
+    return f"{type(error).__name__}: {reason}" if reason else type(error).__name__
 
 
 def load_model(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> L.LightningModule:

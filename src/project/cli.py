@@ -9,15 +9,18 @@ The path of a run, top to bottom:
 3. :func:`train` fits, tests the best checkpoint and writes ``summary.json``.
 
 User mistakes raise :class:`~project.errors.UserError` (or are parse errors): :func:`main` prints them as one
-line and returns 2, with no traceback.
+line and returns 2, with no traceback. A diverged run (non-finite loss) is one line and exit code 1; a run stopped
+by SIGTERM or SIGINT writes ``last.ckpt`` and exits 128 + the signal number (143, 130).
 """
 
 from __future__ import annotations
 
 import os
 import re
+import signal
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -26,18 +29,23 @@ from typing import Any
 os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
 
 import torch
-from jsonargparse import ArgumentError
+from jsonargparse import ArgumentError, Namespace
 from lightning import LightningDataModule, LightningModule, Trainer
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from project import rundir
 from project.callbacks.atomic_io import AtomicCheckpointIO
+from project.callbacks.dashboard import ClassificationDashboard
+from project.callbacks.nonfinite import NonFiniteLossCheck, NonFiniteLossError
 from project.callbacks.progress import ThrottledRichProgressBar
 from project.callbacks.rng_state import RNGStateCheckpoint
+from project.callbacks.signals import GracefulInterrupt, TrainingInterrupted
+from project.checkpoint import load_checkpoint_file
 from project.errors import UserError
-from project.loggers import WandbOptions, make_loggers
+from project.loggers import WandbOptions, finish_wandb, make_loggers, wandb_callbacks
 
 PACKAGE_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 DEFAULT_MODEL = "mlp"
@@ -201,6 +209,9 @@ class TemplateCLI(LightningCLI):
             help="Experiment logger.",
         )
         parser.add_argument("--no_test", type=bool, default=False, help="Skip testing the best checkpoint.")
+        parser.add_argument(
+            "--dashboard_every", type=int, default=5, help="Draw the validation dashboard every N epochs (0: never)."
+        )
         parser.add_class_arguments(WandbOptions, "wandb")
 
     def before_instantiate_classes(self) -> None:
@@ -219,6 +230,14 @@ class TemplateCLI(LightningCLI):
             torch.set_float32_matmul_precision("high")
             if trainer.get("benchmark") is None:
                 trainer["benchmark"] = True
+        if trainer.get("profiler") is None:
+            # Lightning's "no profiler" costs ~600 Python calls per training step; this one nothing (same results).
+            trainer["profiler"] = Namespace(class_path="project.profiler.NoProfiler", init_args=Namespace())
+        if not torch.cuda.is_available():
+            # Lightning sets PYTORCH_NVML_BASED_CUDA_CHECK=1 (so that forked processes can still use CUDA), which
+            # makes every torch.cuda.is_available() load the NVML library, and every optimizer step asks: on a
+            # machine without a GPU that is a failing dlopen per step. With no GPU, the plain check is as safe.
+            os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "0"
 
     def instantiate_classes(self) -> None:
         try:
@@ -232,14 +251,24 @@ class TemplateCLI(LightningCLI):
         if resume:
             self.run_dir, checkpoint = rundir.find_resume_checkpoint(resume, config["trainer"]["default_root_dir"])
             self.ckpt_path = str(checkpoint)
+            # ModelCheckpoint warns about a non-empty checkpoint directory; continuing in it is the point here.
+            warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+        elif inherited := rundir.inherited_run_dir():  # a DDP worker: the directory rank 0 chose and writes into
+            self.run_dir = inherited
         elif config.get("run_dir"):
             self.run_dir = rundir.claim_run_dir(config["run_dir"])
         else:
             name = f"{_short(config['model']['class_path'])}-{_short(config['data']['class_path'])}"
             self.run_dir = rundir.new_run_dir(config["trainer"]["default_root_dir"], name)
+        rundir.share_with_workers(self.run_dir)
 
         wandb_id = _saved_wandb_id(self.ckpt_path) if config["logger"] == "wandb" else None
         kwargs["logger"] = make_loggers(config["logger"], self.run_dir, WandbOptions(**config["wandb"]), wandb_id)
+        resumed_step = 0
+        if self.ckpt_path:
+            # Loaded now, so that a bad file fails before training, and to continue metrics.csv from its step.
+            resumed_step = int(load_checkpoint_file(self.ckpt_path).get("global_step", 0))
+        rundir.continue_metrics_log(kwargs["logger"], resumed_step)
         kwargs["default_root_dir"] = str(self.run_dir)
         kwargs["plugins"] = [AtomicCheckpointIO()]
         callbacks = list(self.config_init["trainer"].get("callbacks") or [])
@@ -248,7 +277,8 @@ class TemplateCLI(LightningCLI):
         return super().instantiate_trainer(**kwargs)
 
     def default_callbacks(self, run_dir: Path) -> list[Callback]:
-        """Checkpointing, learning-rate monitoring, RNG state and the progress bar, all configured here."""
+        """Checkpointing, learning-rate monitoring, RNG state, the non-finite loss check, SIGTERM/SIGINT handling,
+        the dashboard, W&B hooks and the progress bar."""
         callbacks: list[Callback] = [
             ModelCheckpoint(
                 dirpath=run_dir / rundir.CHECKPOINTS,
@@ -261,7 +291,12 @@ class TemplateCLI(LightningCLI):
             ),
             LearningRateMonitor(logging_interval="epoch"),
             RNGStateCheckpoint(),
+            NonFiniteLossCheck(),  # before GracefulInterrupt: a non-finite step must not be checkpointed
+            GracefulInterrupt(),
+            *wandb_callbacks(self.config["logger"], WandbOptions(**self.config["wandb"])),
         ]
+        if self.config["dashboard_every"] > 0:
+            callbacks.append(ClassificationDashboard(run_dir / "dashboard", self.config["dashboard_every"]))
         if self.config["trainer"].get("enable_progress_bar") is not False:
             callbacks.append(ThrottledRichProgressBar())
         return callbacks
@@ -281,16 +316,26 @@ def _saved_wandb_id(checkpoint: str | None) -> str | None:
 
 # ---------------------------------------------------------------------------------------------- the run
 def train(cli: TemplateCLI) -> dict[str, Any]:
-    """Fit, test the best checkpoint, write and return the summary."""
+    """Fit, test the best checkpoint, write and return the summary.
+
+    A run stopped by SIGTERM or SIGINT (see :class:`~project.callbacks.signals.GracefulInterrupt`) is not tested;
+    its summary says ``"interrupted": true`` and names the signal, and ``--resume`` continues it.
+    """
     trainer, model, datamodule = cli.trainer, cli.model, cli.datamodule
     started = time.perf_counter()
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cli.ckpt_path, weights_only=True)
+    stopped_by: int | None = None
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cli.ckpt_path, weights_only=True)
+    except TrainingInterrupted as interrupt:
+        stopped_by = interrupt.signum
+    except SIGTERMException:  # Lightning's own, for a SIGTERM before training started: no new checkpoint
+        stopped_by = signal.SIGTERM
     checkpoint = trainer.checkpoint_callback
     best = checkpoint.best_model_path if checkpoint is not None else ""
     last = _last_checkpoint(checkpoint)  # read before testing, which resets the callback's state
     best_score = _float(checkpoint.best_model_score) if checkpoint is not None else None
     test_metrics: dict[str, float] = {}
-    if not cli.config["no_test"] and not trainer.interrupted:
+    if not cli.config["no_test"] and not trainer.interrupted and stopped_by is None:
         results = trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
         test_metrics = {key: float(value) for key, value in (results[0] if results else {}).items()}
     summary = {
@@ -308,11 +353,15 @@ def train(cli: TemplateCLI) -> dict[str, Any]:
         "accelerator": type(trainer.accelerator).__name__.removesuffix("Accelerator").lower(),
         "devices": trainer.num_devices,
         "wall_time_s": round(time.perf_counter() - started, 2),
-        "interrupted": trainer.interrupted,
+        "interrupted": trainer.interrupted or stopped_by is not None,
+        "signal": signal.Signals(stopped_by).name if stopped_by else None,
     }
     if trainer.is_global_zero:
         rundir.write_summary(cli.run_dir, summary)
         _print_summary(summary)
+        sync_hint = finish_wandb(trainer.loggers)  # ends the W&B run; offline runs say how to upload
+        if sync_hint:
+            print(sync_hint)
     return summary
 
 
@@ -349,9 +398,17 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return error.exit_code
+    except NonFiniteLossError as error:  # not a usage mistake (2): the run itself failed
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     except ArgumentError as error:
         print(f"error: {explain(error)} (see --help)", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl+C before training started (during it, GracefulInterrupt handles it)
+        print("interrupted", file=sys.stderr)
+        return 130
+    if summary["signal"]:
+        return 128 + signal.Signals[summary["signal"]]  # the shell's convention: 143 for SIGTERM, 130 for SIGINT
     return 130 if summary["interrupted"] else 0
 
 

@@ -1,16 +1,30 @@
-"""Experiment loggers: a CSV metrics log always, plus TensorBoard or Weights & Biases on request."""
+"""Experiment loggers: a CSV metrics log always, plus TensorBoard or Weights & Biases on request.
+
+With ``--logger wandb`` the W&B run gets the run's resolved ``config.yaml`` as its config (nested, as written)
+and as an artifact, checkpoints as model artifacts when online, and, with ``--wandb.watch``, gradient and
+parameter histograms. ``wandb`` stays an optional dependency: it is imported only when W&B is asked for.
+"""
 
 from __future__ import annotations
 
 import netrc
 import os
+from argparse import Namespace
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
+import lightning as L
+import yaml
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from project.errors import UserError
+
+#: Checkpoint key holding the W&B run id, so that ``--resume`` continues the same W&B run.
+WANDB_RUN_ID_KEY = "wandb_run_id"
 
 LoggerName = Literal["csv", "tensorboard", "wandb"]
 
@@ -77,12 +91,12 @@ def _has_wandb_key() -> bool:
 def _wandb_logger(run_dir: Path, options: WandbOptions, wandb_id: str | None) -> Logger:
     try:
         import wandb  # noqa: F401  (WandbLogger imports it lazily; fail here with the fix instead)
-        from lightning.pytorch.loggers import WandbLogger
-    except ModuleNotFoundError:
+    except ImportError:
         raise UserError("--logger wandb needs the wandb package: pip install -e '.[wandb]'") from None
     mode = wandb_mode(options.mode)
     env_tags = [tag for tag in os.environ.get("WANDB_TAGS", "").split(",") if tag]
-    return WandbLogger(
+    return ConfigWandbLogger(
+        config_file=run_dir / "config.yaml",
         name=options.name or os.environ.get("WANDB_NAME") or run_dir.name,
         save_dir=str(run_dir),
         project=options.project or os.environ.get("WANDB_PROJECT") or "project",
@@ -95,3 +109,84 @@ def _wandb_logger(run_dir: Path, options: WandbOptions, wandb_id: str | None) ->
         mode=mode,
         log_model=options.log_model and mode == "online",
     )
+
+
+class ConfigWandbLogger(WandbLogger):
+    """Lightning's ``WandbLogger`` whose run config is the CLI's resolved ``config.yaml``, nested as written.
+
+    Lightning hands every logger the model's and the data module's hyperparameters as one flat dict. The
+    config file holds the same values under the keys users type (``model.init_args.lr``) plus the trainer and
+    the rest; logging both would show every value twice in the W&B UI. So when ``config_file`` exists the flat
+    dict is dropped and the file is logged instead, as the config and as a ``config`` artifact; without it (the
+    logger used outside the CLI) Lightning's behaviour is kept.
+    """
+
+    def __init__(self, config_file: str | os.PathLike[str], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.config_file = Path(config_file)
+        self._config_logged = False
+
+    @rank_zero_only
+    def log_hyperparams(self, params: dict[str, Any] | Namespace) -> None:
+        if not self.config_file.is_file():
+            super().log_hyperparams(params)
+            return
+        if self._config_logged:  # fit and test both call this; the config is the same
+            return
+        import wandb
+
+        config = yaml.safe_load(self.config_file.read_text()) or {}
+        self.experiment.config.update(config, allow_val_change=True)
+        artifact = wandb.Artifact(f"config-{self.experiment.id}", type="config")
+        artifact.add_file(str(self.config_file), name="config.yaml")
+        self.experiment.log_artifact(artifact)
+        self._config_logged = True
+
+
+class WandbRunHooks(Callback):
+    """What the W&B logger needs from the training loop.
+
+    * ``watch``: gradient/parameter histograms (``wandb.watch``), registered at fit start because the network
+      is built from the data module's shapes in ``setup``, after the logger exists.
+    * the run id in every checkpoint, so ``--resume`` continues the same W&B run instead of starting a new one.
+    """
+
+    def __init__(self, watch: str = "off") -> None:
+        self.watch = watch
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        logger = _wandb_logger_of(trainer)
+        if logger is not None and self.watch != "off" and trainer.is_global_zero:
+            logger.watch(pl_module, log=self.watch, log_freq=trainer.log_every_n_steps, log_graph=False)
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        logger = _wandb_logger_of(trainer)
+        if logger is not None and trainer.is_global_zero:  # only rank 0 writes the file
+            checkpoint[WANDB_RUN_ID_KEY] = logger.experiment.id
+
+
+def wandb_callbacks(kind: LoggerName, options: WandbOptions) -> list[Callback]:
+    """The callbacks ``--logger wandb`` needs (none for the other loggers)."""
+    return [WandbRunHooks(options.watch)] if kind == "wandb" else []
+
+
+def _wandb_logger_of(trainer: L.Trainer) -> WandbLogger | None:
+    return next((logger for logger in trainer.loggers if isinstance(logger, WandbLogger)), None)
+
+
+def finish_wandb(loggers: Iterable[Logger]) -> str | None:
+    """Finish the W&B run; for an offline run return the command that uploads it (``wandb sync DIR``).
+
+    Finishing flushes the run's files and lets a later run in the same process start its own W&B run (Lightning
+    would otherwise attach it to this one). Call on rank 0 only.
+    """
+    hint = None
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            run = logger.experiment
+            offline = bool(getattr(run, "offline", False))
+            sync_dir = run.settings.sync_dir if offline else None
+            run.finish()
+            if sync_dir:
+                hint = f"W&B ran offline; to upload this run: wandb sync {sync_dir}"
+    return hint

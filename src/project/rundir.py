@@ -9,16 +9,26 @@ runs/<model>-<data>-<YYYYmmdd-HHMMSS>/
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+from lightning.pytorch.loggers import CSVLogger, Logger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from project.errors import UserError
 
 SUMMARY = "summary.json"
 CHECKPOINTS = "checkpoints"
+CONFIG = "config.yaml"
+#: Lightning's DDP launcher starts ranks 1.. as copies of the command, with rank 0's environment: this variable
+#: tells them which run directory rank 0 chose, so that the ranks of one run share one directory.
+RUN_DIR_ENV = "PROJECT_RUN_DIR"
 
 
 def new_run_dir(root: str | os.PathLike[str], name: str) -> Path:
@@ -48,7 +58,10 @@ def claim_run_dir(path: str | os.PathLike[str]) -> Path:
 
 
 def find_resume_checkpoint(resume: str, runs_root: str | os.PathLike[str]) -> tuple[Path, Path]:
-    """``(run_dir, checkpoint)`` for ``--resume last | RUN_DIR | CHECKPOINT``."""
+    """``(run_dir, checkpoint)`` for ``--resume last | RUN_DIR | CHECKPOINT``.
+
+    Only the location is checked here; the checkpoint itself is loaded (and refused if bad) before training.
+    """
     if resume == "last":
         runs = [p for p in Path(runs_root).glob("*/") if (p / CHECKPOINTS / "last.ckpt").is_file()]
         if not runs:
@@ -57,14 +70,74 @@ def find_resume_checkpoint(resume: str, runs_root: str | os.PathLike[str]) -> tu
         return run_dir, run_dir / CHECKPOINTS / "last.ckpt"
     path = Path(resume)
     if path.is_dir():
-        checkpoint = path / CHECKPOINTS / "last.ckpt"
+        run_dir, checkpoint = path, path / CHECKPOINTS / "last.ckpt"
         if not checkpoint.is_file():
-            raise UserError(f"--resume {resume}: {checkpoint} does not exist")
-        return path, checkpoint
-    if path.is_file():
-        run_dir = path.parent.parent if path.parent.name == CHECKPOINTS else path.parent
-        return run_dir, path
-    raise UserError(f"--resume {resume}: no such run directory or checkpoint file")
+            raise UserError(
+                f"--resume {resume}: {checkpoint} does not exist (the run stopped before its first checkpoint?); "
+                "start a new run instead"
+            )
+    elif path.is_file():
+        run_dir, checkpoint = (path.parent.parent if path.parent.name == CHECKPOINTS else path.parent), path
+    else:
+        raise UserError(f"--resume {resume}: no such run directory or checkpoint file")
+    if not (run_dir / CONFIG).is_file():
+        # The run continues as it was configured, so its config is needed; a bare checkpoint is not a run.
+        raise UserError(
+            f"--resume {resume}: {run_dir} is not a run directory (it has no {CONFIG}); to start a new run from "
+            "these weights, load them with project.checkpoint.load_model"
+        )
+    return run_dir, checkpoint
+
+
+def inherited_run_dir() -> Path | None:
+    """In a DDP worker launched by rank 0 (``LOCAL_RANK`` > 0), the run directory rank 0 chose; else ``None``."""
+    directory = os.environ.get(RUN_DIR_ENV)
+    return Path(directory) if directory and int(os.environ.get("LOCAL_RANK", "0")) > 0 else None
+
+
+def share_with_workers(run_dir: Path) -> None:
+    """Pass ``run_dir`` on to the DDP workers that this process launches (see :data:`RUN_DIR_ENV`)."""
+    os.environ[RUN_DIR_ENV] = str(run_dir)
+
+
+def continue_metrics_log(loggers: Iterable[Logger], step: int) -> None:
+    """Make the CSV loggers continue the run's ``metrics.csv`` from ``step`` (0 for a new run) instead of deleting it.
+
+    Lightning's CSV writer deletes the ``metrics.csv`` it finds (and warns about any file in the directory, such
+    as W&B's). The writer is created lazily, on the first log, so installing :class:`_ContinuedMetricsWriter`
+    beforehand is enough.
+    """
+    if rank_zero_only.rank != 0:
+        return  # only rank 0 writes logs; the others must not touch the file
+    for logger in loggers:
+        if isinstance(logger, CSVLogger):
+            logger._experiment = _ContinuedMetricsWriter(logger.log_dir, step)
+
+
+class _ContinuedMetricsWriter(ExperimentWriter):
+    """Keeps the rows of ``metrics.csv`` logged before ``step`` and appends after them.
+
+    Rows from ``step`` on were logged by the interrupted run after its checkpoint; the resumed run logs those
+    steps again, so they are dropped rather than duplicated.
+    """
+
+    def __init__(self, log_dir: str, step: int) -> None:
+        self._resume_step = step
+        super().__init__(log_dir)
+
+    def _check_log_dir_exists(self) -> None:  # called by __init__, where Lightning deletes the file
+        if not os.path.isfile(self.metrics_file_path):
+            return
+        with open(self.metrics_file_path, newline="") as file:
+            reader = csv.DictReader(file)
+            rows = [row for row in reader if int(row["step"]) < self._resume_step]
+            self.metrics_keys = list(reader.fieldnames or [])
+        temporary = self.metrics_file_path + ".tmp"
+        with open(temporary, "w", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=self.metrics_keys)
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(temporary, self.metrics_file_path)
 
 
 def write_summary(run_dir: str | os.PathLike[str], summary: dict[str, Any]) -> Path:

@@ -124,7 +124,8 @@ class InMemoryLoader:
         for batch in range(first, len(self)):
             index = order[batch * self.batch_size : (batch + 1) * self.batch_size]
             self._yielded += 1
-            yield self.images[index], self.labels[index]
+            # index_select, not images[index]: the same rows, ~10x faster for a small index on CPU.
+            yield self.images.index_select(0, index), self.labels.index_select(0, index)
 
 
 class ImageDataModule(L.LightningDataModule):
@@ -268,17 +269,33 @@ class ImageDataModule(L.LightningDataModule):
     def test_dataloader(self) -> InMemoryLoader:
         return self._loader("test", shuffle=False)
 
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        # The in-memory splits already live on the training device: nothing to copy, and no need for Lightning's
+        # generic walk through the batch (a few dozen Python calls per step).
+        if isinstance(batch, (tuple, list)) and all(isinstance(t, Tensor) and t.device == device for t in batch):
+            return batch
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
+
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         images, labels = batch
-        images = images.float().div_(255)
+        trainer = self.trainer
+        model = trainer.lightning_module if trainer is not None else None
+        memory_format = getattr(model, "input_memory_format", torch.contiguous_format)
         size = self.input_shape[1:]
-        if tuple(images.shape[-2:]) != size:
+        resize = tuple(images.shape[-2:]) != size
+        augment = len(self.augment) > 0 and trainer is not None and trainer.training
+        if not resize and not augment and self.normalizer is not None:
+            # The common case (no resizing, no augmentation) in one new tensor: uint8 → normalized float32, laid
+            # out as the network wants it (converting the uint8 batch is 4x cheaper than the float one).
+            return self.normalizer.from_uint8(images.contiguous(memory_format=memory_format)), labels
+        images = images.float().div_(255)
+        if resize:
             images = F.interpolate(images, size=size, mode="bilinear", antialias=True, align_corners=False)
-        if self.trainer is not None and self.trainer.training:
+        if augment:
             images = self.augment(images)
         if self.normalizer is not None:
             images = self.normalizer(images)
-        return images, labels
+        return images.contiguous(memory_format=memory_format), labels
 
 
 def _match_channels(

@@ -78,18 +78,26 @@ def _read_batch(path: str) -> tuple[Tensor, Tensor]:
     try:
         with open(path, "rb") as file:
             batch = _SafeUnpickler(file, encoding="bytes").load()
-        data, labels = batch[b"data"], batch[b"labels"]
-        array = np.asarray(data)
-        if array.dtype != np.uint8:
-            raise DataError(f"CIFAR-10 file {path}: expected uint8 pixels, got {array.dtype}")
-        images = torch.from_numpy(np.ascontiguousarray(array))
-        labels = torch.as_tensor(labels, dtype=torch.long)
-    except DataError:
-        raise
+    except _Refused as error:
+        raise DataError(f"CIFAR-10 file {path} was refused: {error}") from None
     except Exception as error:  # a corrupt pickle can fail in many ways; each is "this file is corrupt"
         raise DataError(f"CIFAR-10 file {path} is corrupt ({type(error).__name__}: {error})") from None
-    if images.ndim != 2 or images.shape[1] != 3 * 32 * 32 or len(labels) != len(images):
-        raise DataError(f"CIFAR-10 file {path}: expected (N, 3072) uint8 data and N labels, got {tuple(images.shape)}")
+    if not isinstance(batch, dict) or not {b"data", b"labels"} <= batch.keys():
+        found = list(batch) if isinstance(batch, dict) else f"a {type(batch).__name__}"
+        raise DataError(f"CIFAR-10 file {path} is not a CIFAR-10 batch: expected b'data' and b'labels', found {found}")
+    try:
+        array = np.asarray(batch[b"data"])
+        labels = torch.as_tensor(batch[b"labels"], dtype=torch.long)
+    except (TypeError, ValueError) as error:  # e.g. labels that are not integers
+        raise DataError(f"CIFAR-10 file {path} is corrupt ({type(error).__name__}: {error})") from None
+    if array.dtype != np.uint8:
+        raise DataError(f"CIFAR-10 file {path}: expected uint8 pixels, got {array.dtype}")
+    images = torch.from_numpy(np.ascontiguousarray(array))
+    if images.ndim != 2 or images.shape[1] != 3 * 32 * 32 or labels.ndim != 1 or len(labels) != len(images):
+        raise DataError(
+            f"CIFAR-10 file {path}: expected (N, 3072) uint8 data and N labels, "
+            f"got data of shape {tuple(images.shape)} and labels of shape {tuple(labels.shape)}"
+        )
     if len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) <= 9:
         raise DataError(f"CIFAR-10 file {path}: labels outside 0..9")
     images = uint8_images(images.view(-1, 3, 32, 32), (3, 32, 32), path)
@@ -104,9 +112,18 @@ class _SafeUnpickler(pickle.Unpickler):
         ("numpy._core.multiarray", "_reconstruct"),
         ("numpy", "ndarray"),
         ("numpy", "dtype"),
+        # Python 3 pickles bytes at protocol 2 as _codecs.encode(str, "latin1"): harmless, and torch's
+        # weights_only loader allows it too.
+        ("_codecs", "encode"),
     }
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) in self._allowed:
             return super().find_class(module, name)
-        raise DataError(f"refusing to load {module}.{name}: a CIFAR-10 batch holds only arrays and plain values")
+        raise _Refused(
+            f"loading it would import {module}.{name}, and a CIFAR-10 batch holds only arrays and plain values"
+        )
+
+
+class _Refused(pickle.UnpicklingError):
+    """The pickle asks for something :class:`_SafeUnpickler` does not build."""

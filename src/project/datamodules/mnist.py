@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import os
+import struct
 from typing import Any
 
 from torch import Tensor
@@ -38,6 +40,7 @@ class MNISTDataModule(ImageDataModule):
 
     def _dataset(self, train: bool, download: bool = False) -> MNIST:
         raw = os.path.join(self.root, "MNIST", "raw")
+        _check_idx_files(raw, train)
         try:
             return MNIST(self.root, train=train, download=download)
         except RuntimeError as error:
@@ -59,6 +62,42 @@ class MNISTDataModule(ImageDataModule):
         if len(labels) != len(images) or (len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) <= 9):
             raise DataError(f"{source.replace('images-idx3', 'labels-idx1')}: labels do not match the images")
         return images.contiguous(), labels
+
+
+def _check_idx_files(raw: str, train: bool) -> None:
+    """Check a split's two IDX files, if present, naming the bad one: torchvision's own errors name neither."""
+    prefix = "train" if train else "t10k"
+    images, labels = (os.path.join(raw, f"{prefix}-{kind}") for kind in ("images-idx3-ubyte", "labels-idx1-ubyte"))
+    if not (os.path.isfile(images) and os.path.isfile(labels)):
+        return  # missing: torchvision downloads them or says they are not found
+    n_images, n_labels = _idx_length(images, (28, 28)), _idx_length(labels, ())
+    if n_images != n_labels:
+        raise DataError(f"{labels}: {n_labels} labels for the {n_images} images of {images}; delete both and retry")
+
+
+def _idx_length(path: str, item_shape: tuple[int, ...]) -> int:
+    """The number of items in an IDX file of uint8 items of ``item_shape``; a DataError naming the file if it is not."""
+    ndim = 1 + len(item_shape)
+    with open(path, "rb") as file:
+        header = file.read(4 + 4 * ndim)
+    # The magic number is 0x00 0x00, the type (0x08: unsigned byte) and the number of dimensions.
+    if len(header) < 4 or header[:3] != b"\x00\x00\x08" or header[3] != ndim:
+        raise DataError(
+            f"{path}: not an MNIST IDX file of uint8 {ndim}-d data (magic {header[:4].hex() or 'missing'}); "
+            "the file is corrupt: delete it and retry"
+        )
+    if len(header) < 4 + 4 * ndim:
+        raise DataError(f"{path}: the header is truncated; the file is corrupt: delete it and retry")
+    length, *shape = struct.unpack(f">{ndim}I", header[4:])
+    if tuple(shape) != item_shape:
+        raise DataError(f"{path}: holds items of shape {tuple(shape)}, MNIST's are {item_shape}; is this MNIST?")
+    expected, size = len(header) + length * math.prod(item_shape), os.path.getsize(path)
+    if size != expected:
+        raise DataError(
+            f"{path}: {size} bytes, but its header ({length} items) needs {expected}; the file is truncated or "
+            "corrupt: delete it and retry"
+        )
+    return length
 
 
 def _first_line(error: BaseException) -> str:

@@ -117,12 +117,35 @@ class BatchAugment(nn.Sequential):
 
 
 class Normalize(nn.Module):
-    """``(images - mean) / std`` per channel, on the batch."""
+    """``(images - mean) / std`` per channel, on the batch; :meth:`from_uint8` also does the ``/ 255`` before.
+
+    Computed as ``images * scale + shift`` (one multiply-add instead of a subtraction and a division, the
+    constants in float64 first), which matches the textbook's formula to within a float32 rounding step.
+    """
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        mean64 = torch.tensor(mean, dtype=torch.float64).view(1, -1, 1, 1)
+        std64 = torch.tensor(std, dtype=torch.float64).view(1, -1, 1, 1)
+        for name, value in {
+            "mean": mean64,
+            "std": std64,
+            "scale": 1 / std64,
+            "shift": -mean64 / std64,
+            "scale_uint8": 1 / (255 * std64),
+        }.items():
+            self.register_buffer(name, value.float(), persistent=False)
+
+    def _on(self, device: torch.device) -> Normalize:
+        # The constants follow the batches once (a data module is not an nn.Module that Lightning moves).
+        return self if self.scale.device == device else self.to(device)
 
     def forward(self, images: Tensor) -> Tensor:
-        return (images - self.mean.to(images.device)) / self.std.to(images.device)
+        """``(images - mean) / std`` of float images in ``[0, 1]``."""
+        constants = self._on(images.device)
+        return images.mul(constants.scale).add_(constants.shift)
+
+    def from_uint8(self, images: Tensor) -> Tensor:
+        """``(images / 255 - mean) / std`` of ``uint8`` images as a new float32 tensor, in its memory layout."""
+        constants = self._on(images.device)
+        return images.to(torch.float32).mul_(constants.scale_uint8).add_(constants.shift)

@@ -15,7 +15,9 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor, nn
+from torchmetrics import Metric
 from torchmetrics.classification import MulticlassAccuracy
 
 Optimizer = Literal["adam", "adamw", "sgd"]
@@ -84,8 +86,11 @@ class ImageClassifier(L.LightningModule):
 
     def _build(self, num_classes: int, input_shape: tuple[int, int, int]) -> None:
         self.network = self.build_network(input_shape, num_classes)
-        metric = MulticlassAccuracy(num_classes=num_classes, average="micro")
-        self.train_acc, self.val_acc, self.test_acc = metric.clone(), metric.clone(), metric.clone()
+        # validate_args=False: the checks (torch.unique of the targets) wait for the GPU at every step; the labels
+        # were checked when the data set was loaded, and cross_entropy rejects any out of range.
+        metric = MulticlassAccuracy(num_classes=num_classes, average="micro", validate_args=False)
+        self.val_acc, self.test_acc = metric.clone(), metric.clone()
+        self.train_means = TrainingMeans()
 
     def setup(self, stage: str) -> None:
         if self.network is not None:
@@ -117,6 +122,8 @@ class ImageClassifier(L.LightningModule):
             return
         if self._use_channels_last():
             self.network.to(memory_format=torch.channels_last)
+            # The data module hands over batches in the same layout (see input_memory_format).
+            self._input_memory_format = torch.channels_last
         if self.hparams.compile and not getattr(self, "_compiled", False):
             # Module.compile() keeps the state_dict keys unchanged, unlike torch.compile(module).
             self.network.compile()
@@ -126,8 +133,15 @@ class ImageClassifier(L.LightningModule):
         setting = self.hparams.channels_last
         if setting is None:
             has_conv = any(isinstance(m, nn.Conv2d) for m in self.network.modules())
-            return has_conv and self.device.type == "cuda"
+            # configure_model runs before the model is moved to its device: ask the trainer where it goes.
+            device = self.trainer.strategy.root_device if self._trainer is not None else self.device
+            return has_conv and device.type == "cuda"
         return bool(setting)
+
+    @property
+    def input_memory_format(self) -> torch.memory_format:
+        """The memory layout the network wants its input batches in (channels-last for conv nets on a GPU)."""
+        return getattr(self, "_input_memory_format", torch.contiguous_format)
 
     def forward(self, images: Tensor) -> Tensor:
         if self.network is None:
@@ -139,11 +153,29 @@ class ImageClassifier(L.LightningModule):
         images, targets = batch
         logits = self(images)
         loss = self.criterion(logits, targets)
-        # update() only: the accuracy is computed once per epoch, with no host sync per step.
-        self.train_acc.update(logits, targets)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
-        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
+        # Per step only device-side updates: no host sync, and no self.log (a few hundred microseconds of Python
+        # each, as long as a small model's whole step on CPU) except on the steps the loggers write (every
+        # log_every_n_steps). Not prog_bar: Lightning converts progress-bar values to Python numbers after every
+        # batch, a host sync per step on a GPU; the progress bar shows the step loss itself when it redraws.
+        # Loss and accuracy of the epoch are computed once, in on_train_epoch_end.
+        self.train_means.update(loss, logits, targets)
+        if self._logging_step():
+            self.log("train/loss_step", loss, on_step=True, on_epoch=False)
         return loss
+
+    def _logging_step(self) -> bool:
+        """Whether the loggers write this step's values (as Lightning decides: every ``log_every_n_steps``)."""
+        trainer = self.trainer
+        every = trainer.log_every_n_steps
+        return bool(trainer.fast_dev_run) or (every > 0 and (self.global_step + 1) % every == 0)
+
+    def on_train_epoch_end(self) -> None:
+        if self.train_means.update_count == 0:
+            return  # no training step ran this epoch
+        means = self.train_means.compute()  # synchronized across processes
+        self.log("train/loss_epoch", means["loss"], on_step=False, on_epoch=True, prog_bar=True)
+        self.log("train/acc", means["acc"], on_step=False, on_epoch=True)
+        self.train_means.reset()
 
     def _eval_step(self, batch: tuple[Tensor, Tensor], stage: str) -> dict[str, Tensor]:
         images, targets = batch
@@ -174,16 +206,36 @@ class ImageClassifier(L.LightningModule):
         self.log("val/acc_best", self.best_val_acc)
 
     # ------------------------------------------------------------------ optimization
+    def on_train_start(self) -> None:
+        # A resumed run restores the schedule's length from the checkpoint; when the run was extended
+        # (--trainer.max_epochs raised), stretch it to the new length instead of training at learning rate 0.
+        total_steps = int(self.trainer.estimated_stepping_batches)
+        for config in self.trainer.lr_scheduler_configs:
+            scheduler = config.scheduler
+            schedules = getattr(scheduler, "lr_lambdas", [])
+            stale = [s for s in schedules if isinstance(s, _cosine) and s.total_steps != total_steps]
+            if not stale:
+                continue
+            rank_zero_warn(f"cosine schedule stretched from {stale[0].total_steps} to {total_steps} steps")
+            for schedule in stale:
+                schedule.total_steps = total_steps
+            groups = scheduler.optimizer.param_groups  # a group added later (unfrozen backbone) has no schedule
+            for group, base_lr, schedule in zip(groups, scheduler.base_lrs, schedules, strict=False):
+                group["lr"] = base_lr * schedule(scheduler.last_epoch)
+
     def configure_optimizers(self) -> Any:
         hp = self.hparams
         # Only trainable parameters: a frozen backbone is added later by the fine-tuning callback.
         params = [p for p in self.parameters() if p.requires_grad]
+        fused = self._fused_optimizer(params)
         if hp.optimizer == "adam":
-            optimizer = torch.optim.Adam(params, lr=hp.lr, weight_decay=hp.weight_decay)
+            optimizer = torch.optim.Adam(params, lr=hp.lr, weight_decay=hp.weight_decay, fused=fused)
         elif hp.optimizer == "adamw":
-            optimizer = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
+            optimizer = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay, fused=fused)
         else:
-            optimizer = torch.optim.SGD(params, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
+            optimizer = torch.optim.SGD(
+                params, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay, fused=fused
+            )
 
         if hp.scheduler == "none":
             return optimizer
@@ -206,6 +258,52 @@ class ImageClassifier(L.LightningModule):
             warmup_steps = min(total_steps - 1, math.ceil(total_steps * hp.warmup_epochs / epochs))
             scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine(total_steps, warmup_steps))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _fused_optimizer(self, params: list[Tensor]) -> bool | None:
+        """``True`` where PyTorch has a fused kernel for every parameter, else ``None`` (PyTorch's default).
+
+        The fused kernel is the same update in one pass over each tensor instead of a dozen; on CPU, where PyTorch's
+        default is a Python loop of per-tensor ops, Adam's step gets ~3x faster (a fifth of an MLP's step on MNIST).
+        Not with a ``GradScaler`` (``16-mixed``): a fused optimizer unscales inside ``step()``, after Lightning has
+        clipped the still-scaled gradients, which Lightning refuses.
+        """
+        trainer = self._trainer
+        if trainer is not None and getattr(trainer.precision_plugin, "scaler", None) is not None:
+            return None
+        return True if _fused_supported(params) else None
+
+
+class TrainingMeans(Metric):
+    """The epoch's mean training loss (per sample) and accuracy, from three sums kept on the device.
+
+    What ``MeanMetric`` and ``MulticlassAccuracy`` give, for a seventh of their cost per step (a few tensor
+    additions instead of ~30 ops and ~700 Python calls: as much as a small model's forward pass on CPU). Nothing is
+    read on the host until :meth:`compute`, once per epoch; under DDP the sums are added across processes.
+    """
+
+    full_state_update = False
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.add_state("loss_sum", torch.tensor(0.0), dist_reduce_fx="sum")
+        self.add_state("correct", torch.tensor(0), dist_reduce_fx="sum")
+        self.add_state("count", torch.tensor(0), dist_reduce_fx="sum")
+
+    def update(self, loss: Tensor, logits: Tensor, targets: Tensor) -> None:
+        count = targets.numel()
+        self.loss_sum += loss.detach() * count  # loss is the batch mean: weight it by the batch size
+        self.correct += (logits.detach().argmax(dim=-1) == targets).sum()
+        self.count += count
+
+    def compute(self) -> dict[str, Tensor]:
+        return {"loss": self.loss_sum / self.count, "acc": self.correct / self.count}
+
+
+def _fused_supported(params: list[Tensor]) -> bool:
+    return bool(params) and all(p.device.type in ("cpu", "cuda") and p.dtype in _FUSED_DTYPES for p in params)
+
+
+_FUSED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
 class _cosine:  # noqa: N801 - a picklable function object (LambdaLR saves plain attributes, not closures)

@@ -1,0 +1,239 @@
+"""Evaluate a checkpoint on a test set: ``python scripts/evaluate.py --ckpt runs/<run>/checkpoints/best.ckpt``.
+
+The checkpoint alone is enough: it holds the model's class and hyperparameters (class names, preprocessing) and
+the data module's class and arguments, as the training run configured them. Testing the ``best.ckpt`` of a run
+therefore repeats the run's own test: the same ``test_acc`` and ``test_loss`` as its ``summary.json``.
+``--data NAME|CLASS_PATH|FILE.yaml`` and ``--data.KEY VALUE`` evaluate on other data (e.g. ``--data.root DIR``).
+
+The metrics are printed and written to ``<run>/eval/eval.json`` (or ``--output FILE``), with the classification
+dashboard (confusion matrix, per-class scores, worst predictions) next to it under ``test/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import lightning as L
+import torch
+import yaml
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+from project import rundir
+from project.callbacks.dashboard import ClassificationDashboard
+from project.callbacks.progress import ThrottledRichProgressBar
+from project.checkpoint import load_checkpoint_file, load_model
+from project.cli import short_names
+from project.errors import UserError
+
+_LIGHTNING_KEYS = ("_class_path", "_instantiator")
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with mistakes raised as :class:`UserError`: one ``error: ...`` line, exit code 2, no usage dump."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UserError(f"{message} (see --help)")
+
+
+def run_main(main: Callable[[list[str]], int], argv: Sequence[str] | None) -> int:
+    """Call ``main(argv)``; print a :class:`UserError` as one line and return its exit code."""
+    try:
+        return main(list(sys.argv[1:] if argv is None else argv))
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return error.exit_code
+
+
+def checkpoint_run_dir(checkpoint: str | Path) -> Path:
+    """The run directory a checkpoint belongs to: ``runs/<run>`` for ``runs/<run>/checkpoints/x.ckpt``."""
+    path = Path(checkpoint).resolve()
+    return path.parent.parent if path.parent.name == rundir.CHECKPOINTS else path.parent
+
+
+# ---------------------------------------------------------------------------------------------- the data
+def data_config(
+    checkpoint: dict[str, Any], data: str | None = None, overrides: dict[str, Any] | None = None
+) -> tuple[str, dict[str, Any]]:
+    """``(class_path, init_args)`` of the data module: the checkpoint's, or ``data``'s, updated by ``overrides``."""
+    if data is None:
+        saved = dict(checkpoint.get("datamodule_hyper_parameters") or {})
+        class_path = saved.get("_class_path")
+        if not class_path:
+            raise UserError("the checkpoint holds no data module configuration: pass --data NAME or CLASS_PATH")
+        init_args = {key: value for key, value in saved.items() if key not in _LIGHTNING_KEYS}
+    else:
+        class_path, init_args = _named_data_config(data)
+    return class_path, {**init_args, **(overrides or {})}
+
+
+def _named_data_config(data: str) -> tuple[str, dict[str, Any]]:
+    names = short_names("data")  # the training CLI's lookup: ./configs first, then the template's
+    path = names.get(data) or (Path(data) if data.endswith((".yaml", ".yml")) else None)
+    if path is None:
+        if "." not in data:
+            raise UserError(f"unknown --data {data!r}: choose one of {', '.join(sorted(names))}, or a class path")
+        return data, {}
+    try:
+        config = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as error:
+        raise UserError(f"--data {data}: cannot read {path} ({error})") from None
+    if not isinstance(config, dict) or "class_path" not in config:
+        raise UserError(f"--data {data}: {path} has no class_path")
+    return config["class_path"], dict(config.get("init_args") or {})
+
+
+def make_datamodule(class_path: str, init_args: dict[str, Any]) -> L.LightningDataModule:
+    """Import ``class_path`` and instantiate it with ``init_args``; mistakes become one-line errors."""
+    module_name, _, class_name = class_path.rpartition(".")
+    try:
+        data_class = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError, ValueError):
+        raise UserError(f"data module {class_path!r} cannot be imported (is its folder on PYTHONPATH?)") from None
+    if not (isinstance(data_class, type) and issubclass(data_class, L.LightningDataModule)):
+        raise UserError(f"{class_path!r} is not a LightningDataModule")
+    try:
+        return data_class(**init_args)
+    except (TypeError, ValueError) as error:
+        raise UserError(f"--data {class_path}: {str(error).splitlines()[0]}") from None
+
+
+def parse_overrides(tokens: Sequence[str]) -> dict[str, Any]:
+    """``--data.KEY VALUE`` / ``--data.KEY=VALUE`` pairs as ``{KEY: value}``, values read as YAML (``64`` → 64)."""
+    overrides: dict[str, Any] = {}
+    index = 0
+    while index < len(tokens):
+        flag, eq, value = tokens[index].partition("=")
+        if not flag.startswith("--data.") or len(flag) == len("--data."):
+            raise UserError(f"unrecognized argument {tokens[index]!r} (see --help)")
+        if not eq:
+            if index + 1 >= len(tokens):
+                raise UserError(f"{flag} needs a value")
+            value = tokens[index + 1]
+            index += 1
+        overrides[flag.removeprefix("--data.")] = yaml.safe_load(value) if value else value
+        index += 1
+    return overrides
+
+
+def _check_compatible(model: L.LightningModule, datamodule: L.LightningDataModule) -> None:
+    """The model can only be scored on data with its input shape and its classes, in its order."""
+    hparams = model.hparams
+    shape = tuple(getattr(datamodule, "input_shape", ()) or ())
+    if shape and tuple(hparams.input_shape) != shape:
+        raise UserError(
+            f"the data gives {shape} inputs but the model expects {tuple(hparams.input_shape)}: "
+            f"set --data.image_size (and the channels) to match"
+        )
+    names = getattr(datamodule, "class_names", None)
+    if names is not None and hparams.get("class_names") and list(names) != list(hparams.class_names):
+        raise UserError(f"the data's classes {list(names)} are not the model's {list(hparams.class_names)}")
+
+
+# ---------------------------------------------------------------------------------------------- evaluating
+def evaluate(
+    checkpoint: str | Path,
+    data: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    accelerator: str = "auto",
+    precision: str = "auto",
+    output: str | Path | None = None,
+) -> dict[str, Any]:
+    """Test ``checkpoint`` on its data (or ``data``); write and return the result (``test_acc``, ``test_loss``)."""
+    saved = load_checkpoint_file(checkpoint)
+    class_path, init_args = data_config(saved, data, overrides)
+    model = load_model(checkpoint)
+    datamodule = make_datamodule(class_path, init_args)
+    _check_compatible(model, datamodule)
+    output = Path(output) if output else checkpoint_run_dir(checkpoint) / "eval" / "eval.json"
+    callbacks: list[L.Callback] = [ClassificationDashboard(output.parent)]
+    if sys.stdout.isatty():
+        callbacks.append(ThrottledRichProgressBar())
+    try:
+        trainer = L.Trainer(
+            accelerator=accelerator,
+            devices=1,
+            precision=_resolve_precision(precision, accelerator),
+            logger=False,
+            callbacks=callbacks,
+            enable_progress_bar=len(callbacks) > 1,
+            enable_model_summary=False,
+            enable_checkpointing=False,
+            default_root_dir=output.parent,
+        )
+    except (MisconfigurationException, ValueError) as error:
+        raise UserError(str(error).strip().splitlines()[0]) from None
+    metrics = trainer.test(model, datamodule=datamodule, verbose=False)[0]
+    result = {
+        "checkpoint": str(Path(checkpoint).resolve()),
+        "data": class_path,
+        "data_args": init_args,
+        "test_acc": float(metrics["test/acc"]),
+        "test_loss": float(metrics["test/loss"]),
+        "metrics": {key: float(value) for key, value in metrics.items()},
+        "dashboard": str(output.parent / "test"),
+        "output": str(output),
+    }
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    _warn_if_preprocessing_differs(model, datamodule)
+    return result
+
+
+def _resolve_precision(precision: str, accelerator: str) -> str:
+    """``auto`` is the training CLI's default: bf16 autocast on a GPU that has it, else fp32."""
+    if precision != "auto":
+        return precision
+    on_gpu = torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda")
+    return "bf16-mixed" if on_gpu and torch.cuda.is_bf16_supported() else "32-true"
+
+
+def _warn_if_preprocessing_differs(model: L.LightningModule, datamodule: L.LightningDataModule) -> None:
+    # e.g. a folder data set normalized with its own statistics: the model saw other inputs in training.
+    preprocessing = getattr(datamodule, "preprocessing", None)
+    expected = model.hparams.get("preprocessing")
+    if callable(preprocessing) and expected and preprocessing() != expected:
+        print(
+            f"warning: the data was preprocessed as {preprocessing()}, the model was trained on {expected}",
+            file=sys.stderr,
+        )
+
+
+# ---------------------------------------------------------------------------------------------- command line
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(
+        prog="evaluate.py",
+        description="Test a checkpoint on its data set (or another); write eval.json and the dashboard.",
+        epilog="Any --data.KEY VALUE sets an argument of the data module, e.g. --data.root DIR --data.batch_size 256.",
+    )
+    parser.add_argument("--ckpt", required=True, help="Checkpoint file (e.g. runs/<run>/checkpoints/best.ckpt).")
+    parser.add_argument("--data", help="Data set: a short name (mnist, cifar10, folder), class path or YAML file.")
+    parser.add_argument("--accelerator", default="auto", help="auto, cpu, gpu, mps (default: auto).")
+    parser.add_argument(
+        "--precision", default="auto", help="Lightning precision; auto (default) is the training default."
+    )
+    parser.add_argument("--output", help="Where to write eval.json (default: <run>/eval/eval.json).")
+    return parser
+
+
+def _main(argv: list[str]) -> int:
+    args, rest = build_parser().parse_known_args(argv)
+    overrides = parse_overrides(rest)
+    if args.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise UserError(f"--accelerator {args.accelerator}: no CUDA GPU is available here; use cpu or auto")
+    result = evaluate(args.ckpt, args.data, overrides, args.accelerator, args.precision, args.output)
+    print(
+        f"test acc {100 * result['test_acc']:.2f}% | test loss {result['test_loss']:.4f} | data {result['data']}\n"
+        f"written: {result['output']} and the dashboard in {result['dashboard']}"
+    )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``scripts/evaluate.py``: returns the exit code (2 for user mistakes, with one ``error:`` line)."""
+    return run_main(_main, argv)

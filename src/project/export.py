@@ -1,0 +1,152 @@
+"""Export a checkpoint's network for serving: ``python scripts/export.py --ckpt best.ckpt --format onnx``.
+
+Three formats, each holding the network in eval mode (logits out, for ``(N, C, H, W)`` inputs preprocessed as
+the checkpoint's ``preprocessing`` says) and the metadata needed to use it without this package's checkpoint:
+class names, preprocessing, input shape, model class and hyperparameters, as JSON strings.
+
+* ``torchscript``: ``torch.jit.trace`` (the textbook's path), metadata in the archive's ``metadata.json``;
+  load with ``torch.jit.load(path)``. PyTorch has deprecated TorchScript; prefer ONNX for new deployments.
+* ``onnx``: ``torch.onnx.export`` with a dynamic batch axis (input ``images``, output ``logits``), metadata in
+  the model's ``metadata_props``; run with onnxruntime.
+* ``safetensors``: the network's state dict alone, weights only (nothing to unpickle), metadata in the
+  file's header; :func:`load_safetensors` rebuilds the model from it.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+
+from project.checkpoint import _import_module_class, load_model
+from project.errors import UserError
+from project.evaluate import ArgumentParser, checkpoint_run_dir, run_main
+
+FORMATS = {"torchscript": ".pt", "onnx": ".onnx", "safetensors": ".safetensors"}
+_INTERNAL_HPARAMS = ("_class_path", "_instantiator")
+
+
+def metadata(model: L.LightningModule) -> dict[str, str]:
+    """What a user of the exported network needs, as JSON strings (safetensors and ONNX store only strings)."""
+    hparams = {key: value for key, value in dict(model.hparams).items() if key not in _INTERNAL_HPARAMS}
+    model_class = model.hparams.get("_class_path") or f"{type(model).__module__}.{type(model).__qualname__}"
+    return {
+        "model_class": model_class,
+        "class_names": json.dumps(list(model.hparams.class_names)),
+        "preprocessing": json.dumps(model.hparams.preprocessing),
+        "input_shape": json.dumps(list(model.hparams.input_shape)),
+        "hyper_parameters": json.dumps(hparams, default=list),
+        "output": "logits",
+    }
+
+
+def default_output(checkpoint: str | Path, fmt: str) -> Path:
+    """``<run>/export/<checkpoint name>.<ext>``, e.g. ``runs/x/export/best.onnx``."""
+    return checkpoint_run_dir(checkpoint) / "export" / (Path(checkpoint).stem + FORMATS[fmt])
+
+
+def export(checkpoint: str | Path, fmt: str, output: str | Path | None = None) -> Path:
+    """Export the network of ``checkpoint`` as ``fmt`` to ``output`` (default: :func:`default_output`)."""
+    if fmt not in FORMATS:
+        raise UserError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
+    model = load_model(checkpoint)
+    if model.network is None or not model.hparams.get("input_shape"):
+        raise UserError("the checkpoint has no built network or input shape: was it trained with this template?")
+    network = model.network.eval()
+    # Batch of 2: a batch of 1 lets tracers specialise on it (and BatchNorm's checks differ).
+    example = torch.zeros(2, *model.hparams.input_shape)
+    path = Path(output) if output else default_output(checkpoint, fmt)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    exporters: dict[str, Callable[[nn.Module, torch.Tensor, Path, dict[str, str]], None]] = {
+        "torchscript": export_torchscript,
+        "onnx": export_onnx,
+        "safetensors": export_safetensors,
+    }
+    exporters[fmt](network, example, path, metadata(model))
+    return path
+
+
+def export_torchscript(network: nn.Module, example: torch.Tensor, path: Path, meta: dict[str, str]) -> None:
+    with warnings.catch_warnings():
+        # torch.jit warns that it is deprecated; this format exists for the textbook, the docstring says so.
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.\w+` is deprecated", category=FutureWarning)
+        with torch.no_grad():
+            traced = torch.jit.trace(network, example)
+        torch.jit.save(traced, str(path), _extra_files={"metadata.json": json.dumps(meta)})
+
+
+def export_onnx(network: nn.Module, example: torch.Tensor, path: Path, meta: dict[str, str]) -> None:
+    try:
+        import onnx
+    except ImportError:
+        raise UserError("--format onnx needs the onnx package: pip install -e '.[export]'") from None
+    with warnings.catch_warnings():
+        # The TorchScript-based exporter (dynamo=False) is deprecated upstream but needs no extra package and
+        # handles these plain networks; torch.export's exporter would need onnxscript.
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx")
+        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export", category=DeprecationWarning)
+        torch.onnx.export(
+            network,
+            (example,),
+            str(path),
+            dynamo=False,
+            input_names=["images"],
+            output_names=["logits"],
+            dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+        )
+    model = onnx.load(str(path))
+    for key, value in meta.items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.save(model, str(path))
+
+
+def export_safetensors(network: nn.Module, example: torch.Tensor, path: Path, meta: dict[str, str]) -> None:
+    try:
+        from safetensors.torch import save_file
+    except ImportError:
+        raise UserError("--format safetensors needs the safetensors package: pip install -e '.[export]'") from None
+    # contiguous() and clone(): safetensors refuses views and tensors that share memory.
+    state = {key: value.detach().contiguous().clone() for key, value in network.state_dict().items()}
+    save_file(state, str(path), metadata=meta)
+
+
+def load_safetensors(path: str | Path) -> tuple[L.LightningModule, dict[str, Any]]:
+    """Rebuild the model (in eval mode) from an exported safetensors file; also return its decoded metadata."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(str(path), framework="pt") as file:
+        raw = file.metadata() or {}
+    if "model_class" not in raw:
+        raise UserError(f"{path}: not a safetensors file exported by this template (no model_class metadata)")
+    meta = {key: (value if key in ("model_class", "output") else json.loads(value)) for key, value in raw.items()}
+    model = _import_module_class(meta["model_class"], path)(**meta["hyper_parameters"])
+    model.network.load_state_dict(load_file(str(path)))
+    return model.eval(), meta
+
+
+# ---------------------------------------------------------------------------------------------- command line
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="export.py", description="Export a checkpoint's network for serving.")
+    parser.add_argument("--ckpt", required=True, help="Checkpoint file (e.g. runs/<run>/checkpoints/best.ckpt).")
+    parser.add_argument("--format", required=True, choices=list(FORMATS), help="Export format.")
+    parser.add_argument("--output", help="Output file (default: <run>/export/<checkpoint name>.<ext>).")
+    return parser
+
+
+def _main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    path = export(args.ckpt, args.format, args.output)
+    print(f"exported {args.format}: {path}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``scripts/export.py``: returns the exit code (2 for user mistakes, with one ``error:`` line)."""
+    return run_main(_main, argv)

@@ -1,0 +1,254 @@
+"""The classification dashboard: what it keeps, when it draws, what the files say, and that they are legible."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from conftest import TINY, run_train
+from matplotlib.figure import Figure
+from PIL import Image
+
+from project import plots
+from project.callbacks.dashboard import ClassificationDashboard, WorstPredictions
+from project.cli import main
+from project.datamodules import MNISTDataModule
+from project.models import MLP
+
+CIFAR_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def _logits(preds: list[int], confidences: list[float], num_classes: int = 3) -> torch.Tensor:
+    """Logits whose softmax gives ``confidence`` to class ``pred`` and shares the rest evenly."""
+    probs = torch.zeros(len(preds), num_classes)
+    for row, (pred, confidence) in enumerate(zip(preds, confidences, strict=True)):
+        probs[row] = (1 - confidence) / (num_classes - 1)
+        probs[row, pred] = confidence
+    return probs.log()
+
+
+def _per_class(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as file:
+        return list(csv.DictReader(file))
+
+
+# ---------------------------------------------------------------------------------------------- what is kept
+def test_worst_predictions_keeps_the_most_confident_mistakes_first() -> None:
+    metric = WorstPredictions(k=3, input_shape=(1, 1, 1))
+    # Sample ids travel in the images, so we can see which samples were kept.
+    first = _logits([0, 1, 2, 0], [0.9, 0.6, 0.95, 0.5])  # targets below: right, wrong, wrong, right
+    metric.update(torch.arange(4.0).view(4, 1, 1, 1), first, torch.tensor([0, 0, 1, 0]))
+    second = _logits([2, 1], [0.7, 0.99])  # wrong, right
+    metric.update(torch.arange(4.0, 6.0).view(2, 1, 1, 1), second, torch.tensor([0, 1]))
+    kept = metric.compute()
+    # Mistakes by confidence (2: 0.95, 4: 0.7, 1: 0.6); no correct sample makes the cut.
+    assert kept["images"].flatten().tolist() == [2.0, 4.0, 1.0]
+    assert kept["preds"].tolist() == [2, 2, 1] and kept["targets"].tolist() == [1, 0, 0]
+    assert kept["confidences"].tolist() == pytest.approx([0.95, 0.7, 0.6], abs=1e-5)
+
+
+def test_worst_predictions_fills_with_the_least_confident_hits_and_drops_empty_slots() -> None:
+    metric = WorstPredictions(k=5, input_shape=(1, 1, 1))
+    metric.update(torch.arange(3.0).view(3, 1, 1, 1), _logits([0, 1, 2], [0.9, 0.4, 0.6]), torch.tensor([0, 1, 0]))
+    kept = metric.compute()
+    # The mistake, then correct predictions from the least confident; 2 of the 5 slots stay empty and are dropped.
+    assert kept["images"].flatten().tolist() == [2.0, 1.0, 0.0]
+
+
+def test_worst_predictions_merge_like_ddp_keeps_the_global_worst() -> None:
+    """merge_state applies the same reduction as the DDP sync: the best k of every process's k."""
+    rank0, rank1 = WorstPredictions(k=2, input_shape=(1, 1, 1)), WorstPredictions(k=2, input_shape=(1, 1, 1))
+    rank0.update(torch.tensor([0.0, 1.0]).view(2, 1, 1, 1), _logits([1, 1], [0.5, 0.8]), torch.tensor([0, 0]))
+    rank1.update(torch.tensor([2.0, 3.0]).view(2, 1, 1, 1), _logits([1, 1], [0.9, 0.4]), torch.tensor([0, 0]))
+    rank0.merge_state(rank1)
+    assert rank0.compute()["images"].flatten().tolist() == [2.0, 1.0]
+
+
+# ---------------------------------------------------------------------------------------------- when it draws
+def test_validation_is_drawn_every_n_epochs_and_after_the_last(
+    tmp_path: Path, data_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    titles: list[str] = []
+    draw = plots.plot_confusion_matrix
+    monkeypatch.setattr(plots, "plot_confusion_matrix", lambda *a, **k: titles.append(a[3]) or draw(*a, **k))
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_epochs=3,
+        limit_train_batches=2,
+        limit_val_batches=1,
+        limit_test_batches=1,
+        num_sanity_val_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[ClassificationDashboard(tmp_path / "dashboard", every_n_epochs=2, num_samples=4)],
+    )
+    datamodule = MNISTDataModule(root=str(data_root), batch_size=8, val_size=0.1)
+    model = MLP(hidden_sizes=[16])
+    trainer.fit(model, datamodule=datamodule)
+    trainer.test(model, datamodule=datamodule, verbose=False)
+    # Epochs 0, 1, 2 with every_n_epochs=2: the 2nd (index 1) and the last; never the sanity check.
+    assert [title.split(":")[0] for title in titles] == ["Validation, epoch 1", "Validation, epoch 2", "Test"]
+    assert "of 8 images" in titles[-1]  # one test batch of 8
+    with Image.open(tmp_path / "dashboard" / "test" / "predictions.png") as image:
+        assert image.width > 500  # four tiles side by side
+
+
+# ---------------------------------------------------------------------------------------------- a training run
+def test_training_run_writes_the_dashboard(tmp_path: Path, data_root: Path) -> None:
+    run = tmp_path / "run"
+    assert (
+        main(
+            [
+                *TINY,
+                "--dashboard_every",
+                "1",
+                "--trainer.max_epochs",
+                "2",
+                "--data.root",
+                str(data_root),
+                "--run_dir",
+                str(run),
+            ]
+        )
+        == 0
+    )
+    dashboard = run / "dashboard"
+    for stage in ("val", "test"):
+        for name in ("confusion_matrix.png", "predictions.png", "per_class.csv"):
+            assert (dashboard / stage / name).is_file(), f"{stage}/{name}"
+    assert (dashboard / "learning_curves.png").is_file()
+
+    rows = _per_class(dashboard / "test" / "per_class.csv")
+    assert [row["class"] for row in rows] == [str(digit) for digit in range(10)]
+    assert list(rows[0]) == ["class", "support", "accuracy", "precision", "recall", "f1"]
+    support = [int(row["support"]) for row in rows]
+    assert sum(support) == 2 * 16  # limit_test_batches 2 of batch size 16
+    # Per-class accuracy is per-class recall; weighted by support it is the run's own test accuracy.
+    correct = sum(float(row["recall"]) * count for row, count in zip(rows, support, strict=True))
+    summary = json.loads((run / "summary.json").read_text())
+    assert correct / sum(support) == pytest.approx(summary["test_acc"], abs=1e-5)
+    for png in dashboard.rglob("*.png"):
+        with Image.open(png) as image:
+            pixels = np.asarray(image.convert("L"))
+        assert pixels.std() > 10, f"{png} looks blank"
+
+
+def test_ddp_dashboard_counts_every_process_samples(tmp_path: Path, data_root: Path) -> None:
+    """Two CPU processes: the test set is split between them, the dashboard still covers all of it."""
+    ddp = Path(__file__).resolve().parents[1] / "configs" / "trainer" / "ddp_cpu.yaml"
+    result = run_train(
+        ["--config", str(ddp), *TINY, "--dashboard_every", "1", "--data.root", str(data_root)], cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = next((tmp_path / "runs").iterdir())
+    rows = _per_class(run / "dashboard" / "test" / "per_class.csv")
+    support = [int(row["support"]) for row in rows]
+    assert sum(support) == 2 * 2 * 16  # two processes, each two batches of 16
+    correct = sum(float(row["recall"]) * count for row, count in zip(rows, support, strict=True))
+    assert correct / sum(support) == pytest.approx(json.loads((run / "summary.json").read_text())["test_acc"])
+
+
+# ---------------------------------------------------------------------------------------------- legibility
+def _overlaps(boxes: list) -> list[tuple[int, int]]:
+    return [(i, j) for i in range(len(boxes)) for j in range(i + 1, len(boxes)) if boxes[i].overlaps(boxes[j])]
+
+
+def _clipped(figure: Figure) -> list[str]:
+    """Axes (with their tick labels and titles) and figure titles that reach outside the figure: cut off."""
+    renderer = figure.canvas.get_renderer()
+    figure.canvas.draw()
+    inside = figure.bbox.padded(1)
+    boxes = {f"axes {i}": axes.get_tightbbox(renderer) for i, axes in enumerate(figure.axes)}
+    boxes.update({text.get_text(): text.get_window_extent(renderer) for text in figure.texts})
+    return [
+        name
+        for name, box in boxes.items()
+        if not inside.contains(box.x0, box.y0) or not inside.contains(box.x1, box.y1)
+    ]
+
+
+def test_confusion_matrix_labels_do_not_overlap_for_ten_classes() -> None:
+    matrix = np.diag(np.full(10, 90)) + np.random.default_rng(0).integers(0, 20, (10, 10))
+    figure = plots.confusion_matrix_figure(matrix, CIFAR_NAMES, "Test: accuracy 81.0% of 1000 images")
+    renderer = figure.canvas.get_renderer()
+    figure.canvas.draw()
+    axes = figure.axes[0]
+    x_labels = [label.get_window_extent(renderer) for label in axes.get_xticklabels()]
+    y_labels = [label.get_window_extent(renderer) for label in axes.get_yticklabels()]
+    assert [label.get_text() for label in axes.get_xticklabels()] == CIFAR_NAMES
+    assert _overlaps(x_labels) == [] and _overlaps(y_labels) == []
+    assert axes.get_xlabel() == "Predicted class" and axes.get_ylabel() == "True class"
+    # Neither axis title collides with the class names, and every cell count fits the figure.
+    assert not any(box.overlaps(axes.xaxis.label.get_window_extent(renderer)) for box in x_labels)
+    assert not any(box.overlaps(axes.yaxis.label.get_window_extent(renderer)) for box in y_labels)
+    counts = [text.get_window_extent(renderer) for text in axes.texts]
+    assert len(counts) == np.count_nonzero(matrix) and _overlaps(counts) == []
+    assert _clipped(figure) == []  # the colour bar's label included
+
+
+def test_prediction_captions_do_not_overlap_and_stay_in_the_figure() -> None:
+    rng = np.random.default_rng(0)
+    images = [rng.random((32, 32, 3)) for _ in range(10)]
+    confidences = [0.64, *rng.random(9)]
+    figure = plots.predictions_figure(images, CIFAR_NAMES, CIFAR_NAMES[::-1], confidences, "Test")
+    renderer = figure.canvas.get_renderer()
+    figure.canvas.draw()
+    assert _clipped(figure) == []
+    captions = figure.axes[0].texts
+    assert len(captions) == 10 and captions[0].get_text() == "true: airplane\npred: truck (64%)"
+    boxes = [text.get_window_extent(renderer) for text in captions]
+    assert _overlaps(boxes) == []
+    figure_box = figure.bbox
+    assert all(figure_box.x0 <= box.x0 and box.x1 <= figure_box.x1 and box.y1 <= figure_box.y1 for box in boxes)
+    # Each caption sits above its own image, not on top of another one.
+    image_boxes = [image.get_window_extent(renderer) for image in figure.axes[0].images]
+    assert not any(caption.overlaps(image) for caption in boxes for image in image_boxes)
+
+
+def test_learning_curves_place_learning_rate_rows_in_their_epoch(tmp_path: Path) -> None:
+    metrics = tmp_path / "metrics.csv"
+    metrics.write_text(
+        "epoch,lr-Adam,step,train/acc,train/loss_epoch,val/acc,val/loss\n"
+        ",0.001,0,,,,\n"
+        "0,,9,,,0.5,1.2\n"
+        "0,,9,0.4,1.5,,\n"
+        ",0.0005,10,,,,\n"
+        "1,,19,,,0.7,0.9\n"
+        "1,,19,0.6,1.1,,\n"
+    )
+    curves = plots.read_metrics_csv(metrics)
+    assert curves["lr-Adam"] == {0: 0.001, 1: 0.0005}
+    assert curves["val/acc"] == {0: 0.5, 1: 0.7} and curves["train/loss_epoch"] == {0: 1.5, 1: 1.1}
+    path = plots.plot_learning_curves(metrics, tmp_path / "curves.png")
+    figure = plots.learning_curves_figure(curves)
+    assert [axes.get_title() for axes in figure.axes] == ["Loss", "Accuracy", "Learning rate"]
+    assert [len(axes.lines) for axes in figure.axes] == [2, 2, 1]
+    assert all(axes.get_xlabel() == "epoch" for axes in figure.axes)
+    assert _clipped(figure) == []
+    with Image.open(path) as image:
+        assert image.size[0] > image.size[1] > 200
+
+
+def test_a_model_without_step_outputs_turns_the_dashboard_off_with_a_warning(tmp_path: Path, data_root: Path) -> None:
+    class LossOnly(MLP):
+        def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+            super().validation_step(batch, batch_idx)  # logs val/loss and val/acc, returns nothing
+
+    trainer = L.Trainer(
+        accelerator="cpu",
+        limit_val_batches=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[ClassificationDashboard(tmp_path / "dashboard")],
+    )
+    with pytest.warns(UserWarning, match="ClassificationDashboard is turned off: validation_step"):
+        trainer.validate(LossOnly(hidden_sizes=[8]), datamodule=MNISTDataModule(root=str(data_root), val_size=0.1))
+    assert not (tmp_path / "dashboard").exists()

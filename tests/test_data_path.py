@@ -1,0 +1,325 @@
+"""The fast data path against the per-sample torchvision path it replaces: same samples, same semantics, same accuracy.
+
+The template serves MNIST and CIFAR-10 from one uint8 tensor per split (``InMemoryLoader``) and converts, augments
+and normalizes whole batches on the device (``ImageDataModule.on_after_batch_transfer``). These tests check that
+this changes nothing but the speed: each epoch is a permutation of the same images the torchvision ``Dataset``
+yields, the order depends only on the seed and the epoch, ranks split the data without overlap, the batch
+augmentations give what torchvision's per-image transforms of the same name give, and a model trained either way
+reaches the same accuracy. ``scripts/benchmark.py`` measures the speed; a smoke test runs it here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+from torchvision import datasets, transforms
+from torchvision.transforms.v2 import functional as TF
+
+from project import benchmark
+from project.datamodules.base import InMemoryLoader
+from project.datamodules.mnist import MNISTDataModule
+from project.datamodules.transforms import (
+    BatchAugment,
+    ColorJitter,
+    Normalize,
+    RandomCropPadded,
+    RandomHorizontalFlip,
+    RandomRotation,
+)
+
+MEAN, STD = 0.1307, 0.3081
+
+
+def _digest(row: torch.Tensor) -> str:
+    return hashlib.sha1(row.contiguous().numpy().tobytes()).hexdigest()
+
+
+def _multiset(images: torch.Tensor, labels: torch.Tensor) -> Counter[tuple[str, int]]:
+    return Counter((_digest(image), int(label)) for image, label in zip(images, labels, strict=True))
+
+
+def _epoch(loader: InMemoryLoader, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    loader.set_epoch(epoch)
+    images, labels = zip(*loader, strict=True)
+    return torch.cat(images), torch.cat(labels)
+
+
+def _uint8_from_normalized(images: torch.Tensor) -> torch.Tensor:
+    """Undo ``(x / 255 - mean) / std`` exactly (the values are 1/255 apart, the error ~1e-6)."""
+    return ((images * STD + MEAN) * 255).round().to(torch.uint8)
+
+
+@pytest.fixture(scope="module")
+def mnist(data_root: Path) -> MNISTDataModule:
+    """The template's MNIST module over all 400 training images (no validation split)."""
+    dm = MNISTDataModule(root=str(data_root), batch_size=32, val_size=0, download=False)
+    dm.setup("fit")
+    return dm
+
+
+def _loader(dm: MNISTDataModule, seed: int = 7, batch_size: int = 32, **kwargs) -> InMemoryLoader:
+    images, labels = dm.splits["train"]
+    return InMemoryLoader(images, labels, batch_size, shuffle=True, seed=seed, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------- the samples
+def test_in_memory_epoch_sees_the_same_samples_as_torchvision(mnist: MNISTDataModule, data_root: Path) -> None:
+    # The per-sample path, as the textbook writes it: one PIL image per sample through ToTensor and Normalize.
+    transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((MEAN,), (STD,))])
+    dataset = datasets.MNIST(str(data_root), train=True, transform=transform)
+    batches = list(DataLoader(dataset, batch_size=50, shuffle=True))
+    per_sample_images, per_sample_labels = (torch.cat([batch[i] for batch in batches]) for i in (0, 1))
+    expected = _multiset(_uint8_from_normalized(per_sample_images), per_sample_labels)
+    assert len(per_sample_labels) == 400
+
+    # The template's path: uint8 batches from the loader, normalized a batch at a time.
+    loader = _loader(mnist)
+    for epoch in range(3):
+        loader.set_epoch(epoch)
+        batches = [mnist.on_after_batch_transfer(batch, 0) for batch in loader]
+        images, labels = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
+        assert images.dtype == torch.float32 and images.shape == (400, 1, 28, 28)
+        assert _multiset(_uint8_from_normalized(images), labels) == expected
+
+
+def test_each_epoch_is_a_permutation_in_its_own_order(mnist: MNISTDataModule) -> None:
+    loader = _loader(mnist)
+    orders = []
+    for epoch in range(4):
+        loader.set_epoch(epoch)
+        order = loader.indices()
+        assert sorted(order.tolist()) == list(range(400))
+        orders.append(order)
+        # The batches are exactly the rows of that order.
+        images, labels = _epoch(loader, epoch)
+        assert torch.equal(images, mnist.splits["train"][0][order])
+        assert torch.equal(labels, mnist.splits["train"][1][order])
+    assert all(not torch.equal(a, b) for i, a in enumerate(orders) for b in orders[i + 1 :])
+
+
+def test_order_depends_only_on_seed_and_epoch(mnist: MNISTDataModule) -> None:
+    first, second, other_seed = _loader(mnist, seed=3), _loader(mnist, seed=3), _loader(mnist, seed=4)
+    for epoch in range(3):
+        assert torch.equal(_epoch(first, epoch)[0], _epoch(second, epoch)[0])
+    assert not torch.equal(_epoch(first, 0)[0], _epoch(other_seed, 0)[0])
+    # A resumed run starts at epoch 2 without iterating epochs 0 and 1: it gets the same epoch 2.
+    resumed = _loader(mnist, seed=3)
+    assert torch.equal(_epoch(resumed, 2)[0], _epoch(first, 2)[0])
+    assert torch.equal(_epoch(resumed, 2)[1], _epoch(first, 2)[1])
+
+
+@pytest.mark.parametrize("n", [400, 399])
+def test_ranks_split_the_data(mnist: MNISTDataModule, n: int) -> None:
+    images, labels = mnist.splits["train"][0][:n], mnist.splits["train"][1][:n]
+    for shuffle in (True, False):
+        shards = [
+            InMemoryLoader(images, labels, 16, shuffle=shuffle, seed=5, rank=rank, world_size=2) for rank in (0, 1)
+        ]
+        for shard in shards:
+            shard.set_epoch(1)
+        indices = [shard.indices().tolist() for shard in shards]
+        seen = [idx for rank_indices in indices for idx in rank_indices]
+        assert set(seen) == set(range(n))  # together they cover the data
+        if shuffle:
+            # Training: every rank runs the same number of steps; odd n repeats (pads) one sample, like
+            # DistributedSampler.
+            assert len(indices[0]) == len(indices[1]) == math.ceil(n / 2)
+            assert len(shards[0]) == len(shards[1])
+            assert len(seen) - len(set(seen)) == math.ceil(n / 2) * 2 - n
+        else:
+            # Evaluation: disjoint, every sample scored exactly once.
+            assert len(seen) == n and not set(indices[0]) & set(indices[1])
+        # The batches a rank gets are its indices' rows.
+        batches = torch.cat([b for b, _ in shards[1]])
+        assert torch.equal(batches, images[indices[1]])
+    # Training shards are disjoint when n divides evenly.
+    if n % 2 == 0:
+        shards = [InMemoryLoader(images, labels, 16, shuffle=True, seed=5, rank=r, world_size=2) for r in (0, 1)]
+        assert not set(shards[0].indices().tolist()) & set(shards[1].indices().tolist())
+
+
+# ---------------------------------------------------------------------------------------------- normalization
+def test_normalized_batch_is_the_textbook_formula(mnist: MNISTDataModule) -> None:
+    images, labels = next(iter(_loader(mnist, batch_size=64)))
+    out, out_labels = mnist.on_after_batch_transfer((images, labels), 0)
+    expected = (images.float() / 255 - MEAN) / STD
+    assert out.dtype == torch.float32 and out.shape == images.shape
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
+    assert out_labels is labels
+    # The general path (resizing, augmenting) normalizes floats in [0, 1] the same way.
+    floats = torch.rand(8, 3, 5, 5)
+    stats = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
+    mean, std = (torch.tensor(s).view(1, 3, 1, 1) for s in stats)
+    torch.testing.assert_close(Normalize(*stats)(floats), (floats - mean) / std, rtol=0, atol=1e-6)
+    uint8 = torch.randint(0, 256, (8, 3, 5, 5), dtype=torch.uint8)
+    torch.testing.assert_close(Normalize(*stats).from_uint8(uint8), (uint8 / 255 - mean) / std, rtol=0, atol=1e-6)
+
+
+def test_resized_batch_is_interpolated_then_normalized(data_root: Path) -> None:
+    dm = MNISTDataModule(root=str(data_root), batch_size=16, val_size=0, image_size=32, download=False)
+    dm.setup("fit")
+    images, labels = next(iter(dm.train_dataloader()))
+    out, _ = dm.on_after_batch_transfer((images, labels), 0)
+    resized = torch.nn.functional.interpolate(
+        images.float() / 255, size=(32, 32), mode="bilinear", antialias=True, align_corners=False
+    )
+    torch.testing.assert_close(out, (resized - MEAN) / STD, rtol=0, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------- augmentation
+def test_random_crop_is_a_window_of_the_zero_padded_image() -> None:
+    torch.manual_seed(0)
+    pad, images = 3, torch.rand(400, 3, 10, 12)
+    out = RandomCropPadded(pad)(images)
+    assert out.shape == images.shape
+    offsets = Counter()
+    for image, cropped in zip(images, out, strict=True):
+        # torchvision's RandomCrop(size, padding=pad): zero padding, then a window at a top-left in [0, 2 pad].
+        padded = TF.pad(image, [pad])
+        matches = [
+            (top, left)
+            for top in range(2 * pad + 1)
+            for left in range(2 * pad + 1)
+            if torch.equal(TF.crop(padded, top, left, 10, 12), cropped)
+        ]
+        assert len(matches) == 1, "each output is exactly one window of the padded input"
+        offsets[matches[0]] += 1
+    # Every offset occurs (400 draws of 49 equally likely offsets: each expected ~8 times).
+    assert set(offsets) == {(top, left) for top in range(2 * pad + 1) for left in range(2 * pad + 1)}
+
+
+def test_flip_mirrors_about_half_of_the_images() -> None:
+    torch.manual_seed(0)
+    images = torch.rand(4000, 1, 6, 7)
+    out = RandomHorizontalFlip()(images)
+    kept = (out == images).flatten(1).all(dim=1)
+    mirrored = (out == TF.horizontal_flip(images)).flatten(1).all(dim=1)
+    assert bool((kept ^ mirrored).all()), "each image is either unchanged or exactly mirrored"
+    assert 0.45 < mirrored.float().mean().item() < 0.55
+
+
+def test_rotation_keeps_the_centre_pixel_and_the_range() -> None:
+    torch.manual_seed(0)
+    images = torch.rand(64, 3, 33, 33)
+    out = RandomRotation(45)(images)
+    assert out.shape == images.shape
+    torch.testing.assert_close(out[..., 16, 16], images[..., 16, 16], rtol=0, atol=1e-5)
+    assert out.min() >= 0 and out.max() <= 1 + 1e-6
+    assert not torch.allclose(out, images), "the images were rotated"
+    # Zero degrees is the identity.
+    torch.testing.assert_close(RandomRotation(1e-9)(images), images, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_color_jitter_stays_in_range(channels: int) -> None:
+    torch.manual_seed(0)
+    images = torch.rand(256, channels, 8, 8)
+    out = ColorJitter(0.8, 0.8, 0.8)(images)
+    assert out.shape == images.shape
+    assert out.min() >= 0 and out.max() <= 1
+    assert not torch.allclose(out, images)
+
+
+def test_augmentation_runs_only_in_training(mnist: MNISTDataModule) -> None:
+    dm = MNISTDataModule(root=mnist.root, batch_size=16, val_size=0, crop_padding=2, hflip=True, download=False)
+    dm.setup("fit")
+    assert len(dm.augment) == 2 and isinstance(dm.augment, BatchAugment)
+    images, labels = next(iter(dm.train_dataloader()))
+    plain = (images.float() / 255 - MEAN) / STD
+    # Without a training trainer (evaluation, prediction): no augmentation, only normalization.
+    torch.testing.assert_close(dm.on_after_batch_transfer((images, labels), 0)[0], plain, rtol=0, atol=1e-6)
+
+    class Training:
+        training = True
+        lightning_module = None
+
+    dm.trainer = Training()
+    torch.manual_seed(1)
+    out = dm.on_after_batch_transfer((images, labels), 0)[0]
+    assert out.shape == plain.shape and not torch.allclose(out, plain)
+    # Augmented in [0, 1], then normalized: the values stay within the normalized range of [0, 1].
+    assert out.min() >= -MEAN / STD - 1e-6 and out.max() <= (1 - MEAN) / STD + 1e-6
+
+
+# ---------------------------------------------------------------------------------------------- per-step cost
+def test_training_steps_do_not_read_device_values_on_the_host(
+    data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tensor turned into a Python value waits for the GPU: only every log_every_n_steps and at bar redraws."""
+    import lightning as L
+
+    from project.cli import TemplateCLI, expand_args
+
+    reads: list[str] = []
+    counting = {"on": False}
+
+    def counted(name: str):
+        original = getattr(torch.Tensor, name)
+
+        def method(self, *args, **kwargs):
+            if counting["on"]:
+                reads.append(name)
+            return original(self, *args, **kwargs)
+
+        return method
+
+    for name in ("item", "tolist", "__float__", "__int__", "__bool__", "__index__"):
+        monkeypatch.setattr(torch.Tensor, name, counted(name))
+
+    class Count(L.Callback):
+        def on_train_epoch_start(self, trainer, pl_module) -> None:
+            counting["on"] = True
+
+        def on_train_epoch_end(self, trainer, pl_module) -> None:
+            counting["on"] = False
+
+    argv = ["--data.root", str(data_root), "--data.download", "false", "--data.batch_size", "2"]
+    argv += ["--data.val_size", "0", "--trainer.max_epochs", "1", "--trainer.limit_val_batches", "0"]
+    argv += ["--trainer.log_every_n_steps", "50", "--trainer.default_root_dir", str(tmp_path), "--no_test", "true"]
+    cli = TemplateCLI(expand_args(argv), trainer_defaults={"callbacks": [Count()]})
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    assert cli.trainer.global_step == 200
+    # 200 steps: 4 logging steps and at most ~10 progress-bar redraws may read a value; one read per step may not.
+    assert len(reads) <= 20, Counter(reads)
+
+
+# ---------------------------------------------------------------------------------------------- accuracy and speed
+def _context(root: Path, tmp_path: Path, *options: str) -> benchmark.Context:
+    args = benchmark.parse_args(["--data.root", str(root), "--runs", "A,C", *options])
+    return benchmark.Context(args, root, tmp_path, torch.device("cpu"), benchmark.MNISTTensors.load(root))
+
+
+@pytest.mark.slow
+def test_template_reaches_the_accuracy_of_the_per_sample_path(digits_root: Path, tmp_path: Path) -> None:
+    # The same MLP, seed, data, batch size and epochs: A is the textbook loop over torchvision's per-sample
+    # MNIST, C the template through its command line (fused Adam, gradient clipping, batch normalization).
+    # (Both orders are random but different, so single runs differ by the noise of training: on 297 test images,
+    # up to ~6 points after 4 epochs, ~1.5 after 8, measured over 5 seeds.)
+    ctx = _context(digits_root, tmp_path, "--epochs", "8", "--batch_size", "64")
+    for seed in (0, 1):
+        textbook = benchmark.run_a(ctx, seed)
+        template = benchmark.run_c(ctx, seed)
+        assert textbook.samples == template.samples == 8 * 1500
+        assert textbook.test_acc > 0.85 and template.test_acc > 0.85, (textbook.test_acc, template.test_acc)
+        assert abs(textbook.test_acc - template.test_acc) < 0.03, (seed, textbook.test_acc, template.test_acc)
+
+
+def test_benchmark_runs_and_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "bench.json"
+    argv = ["--quick", "--samples", "640", "--repeats", "1", "--runs", "A,B,B+fused,C", "--json", str(out)]
+    assert benchmark.main([*argv, "--workdir", str(tmp_path / "work")]) == 0
+    report = json.loads(out.read_text())
+    runs = report["mlp"]["runs"]
+    assert set(runs) == {"A", "B", "B+fused", "C"}
+    assert all(run["samples"] == 640 and run["median"] > 0 for run in runs.values())
+    assert {"C/A", "C/B", "C/B+fused"} <= set(report["mlp"]["ratios"])
+    assert report["environment"]["torch_threads"] == torch.get_num_threads()
+    table = capsys.readouterr().out
+    assert "samples/s" in table and "C/A =" in table and "torch.get_num_threads()" in table

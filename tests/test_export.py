@@ -1,0 +1,112 @@
+"""scripts/export.py: every format gives the checkpoint's outputs, for any batch size, with its metadata."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from conftest import TINY
+
+from project import export
+from project.checkpoint import load_model
+from project.cli import main as train
+
+DATA = {"mlp": "mnist", "cnn": "mnist", "resnet": "cifar10"}
+CASES = [(model, fmt) for model in ("mlp", "cnn") for fmt in export.FORMATS] + [("resnet", "onnx")]
+
+
+class _Trained(dict):
+    """``{model: best.ckpt}``, each model trained (once) when first asked for."""
+
+    def __init__(self, root: Path, data_root: Path) -> None:
+        super().__init__()
+        self.root, self.data_root = root, data_root
+
+    def __missing__(self, model: str) -> Path:
+        run = self.root / model
+        args = [*TINY, "--model", model, "--data", DATA[model], "--data.root", str(self.data_root)]
+        assert train([*args, "--run_dir", str(run)]) == 0
+        self[model] = run / "checkpoints" / "best.ckpt"
+        return self[model]
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory: pytest.TempPathFactory, data_root: Path) -> dict[str, Path]:
+    return _Trained(tmp_path_factory.mktemp("export"), data_root)
+
+
+def _decoded(metadata: dict[str, str]) -> dict[str, Any]:
+    return {key: value if key in ("model_class", "output") else json.loads(value) for key, value in metadata.items()}
+
+
+def _run_exported(path: Path, fmt: str, inputs: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
+    """The exported model's outputs for ``inputs`` and its decoded metadata, read back as a user would."""
+    if fmt == "torchscript":
+        files = {"metadata.json": ""}
+        with warnings.catch_warnings():  # "torch.jit.load is deprecated": known, see project.export
+            warnings.simplefilter("ignore", FutureWarning)
+            module = torch.jit.load(str(path), _extra_files=files)
+        return module(inputs), _decoded(json.loads(files["metadata.json"]))
+    if fmt == "onnx":
+        onnx = pytest.importorskip("onnx")
+        onnxruntime = pytest.importorskip("onnxruntime")
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        (outputs,) = session.run(["logits"], {"images": inputs.numpy()})
+        metadata = {prop.key: prop.value for prop in onnx.load(str(path)).metadata_props}
+        return torch.from_numpy(outputs), _decoded(metadata)
+    model, metadata = export.load_safetensors(path)  # decodes the metadata itself
+    return model(inputs), metadata
+
+
+@pytest.mark.parametrize(("model", "fmt"), CASES, ids=[f"{m}-{f}" for m, f in CASES])
+def test_exported_model_gives_the_checkpoints_outputs(checkpoints: dict[str, Path], model: str, fmt: str) -> None:
+    if fmt == "onnx":
+        pytest.importorskip("onnx")
+    checkpoint = checkpoints[model]
+    assert export.main(["--ckpt", str(checkpoint), "--format", fmt]) == 0
+    path = checkpoint.parent.parent / "export" / f"best{export.FORMATS[fmt]}"
+    assert path.is_file()
+
+    reference = load_model(checkpoint)
+    inputs = torch.randn(5, *reference.hparams.input_shape)  # 5: not the batch size the export was traced with
+    with torch.no_grad():
+        expected = reference(inputs)
+        outputs, metadata = _run_exported(path, fmt, inputs)
+    assert outputs.shape == expected.shape
+    torch.testing.assert_close(outputs, expected, rtol=1e-4, atol=1e-4)
+    assert metadata["class_names"] == reference.hparams.class_names
+    assert metadata["preprocessing"] == reference.hparams.preprocessing
+    assert metadata["input_shape"] == list(reference.hparams.input_shape)
+    module, _, name = metadata["model_class"].rpartition(".")
+    assert getattr(importlib.import_module(module), name) is type(reference)
+
+
+def test_safetensors_holds_only_the_network_weights(checkpoints: dict[str, Path], tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    output = tmp_path / "weights.safetensors"
+    assert export.main(["--ckpt", str(checkpoints["mlp"]), "--format", "safetensors", "--output", str(output)]) == 0
+    network = load_model(checkpoints["mlp"]).network
+    assert set(load_file(str(output))) == set(network.state_dict())
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--format", "onnx", "--ckpt", "{missing}"], "does not exist"),
+        (["--format", "tflite", "--ckpt", "{best}"], "invalid choice: 'tflite'"),
+        (["--ckpt", "{best}"], "the following arguments are required: --format"),
+    ],
+)
+def test_export_mistakes_are_one_line_errors_with_exit_code_2(
+    checkpoints: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], expected: str
+) -> None:
+    paths = {"missing": tmp_path / "missing.ckpt", "best": checkpoints["mlp"]}
+    assert export.main([arg.format(**paths) for arg in args]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and expected in errors[0]
