@@ -290,13 +290,40 @@ def test_training_steps_do_not_read_device_values_on_the_host(
     assert len(reads) <= 20, Counter(reads)
 
 
+@pytest.mark.parametrize(
+    ("precision", "clip", "fused"),
+    [("32-true", 1.0, True), ("bf16-mixed", None, True), ("bf16-mixed", 1.0, False)],
+)
+def test_fused_optimizer_where_lightning_allows_it(data_root: Path, precision: str, clip, fused: bool) -> None:
+    # Lightning refuses gradient clipping with a fused optimizer under its mixed-precision plugin (bf16-mixed is
+    # the default on a GPU): there the model keeps PyTorch's default implementation, and training runs.
+    import lightning as L
+
+    from project.models import MLP
+
+    trainer = L.Trainer(
+        accelerator="cpu",
+        precision=precision,
+        gradient_clip_val=clip,
+        max_epochs=1,
+        limit_train_batches=2,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(MLP(), datamodule=MNISTDataModule(root=str(data_root), batch_size=16, val_size=0, download=False))
+    assert trainer.global_step == 2
+    assert bool(trainer.optimizers[0].defaults["fused"]) is fused
+
+
 # ---------------------------------------------------------------------------------------------- accuracy and speed
 def _context(root: Path, tmp_path: Path, *options: str) -> benchmark.Context:
     args = benchmark.parse_args(["--data.root", str(root), "--runs", "A,C", *options])
     return benchmark.Context(args, root, tmp_path, torch.device("cpu"), benchmark.MNISTTensors.load(root))
 
 
-@pytest.mark.slow
 def test_template_reaches_the_accuracy_of_the_per_sample_path(digits_root: Path, tmp_path: Path) -> None:
     # The same MLP, seed, data, batch size and epochs: A is the textbook loop over torchvision's per-sample
     # MNIST, C the template through its command line (fused Adam, gradient clipping, batch normalization).
@@ -323,3 +350,19 @@ def test_benchmark_runs_and_writes_json(tmp_path: Path, capsys: pytest.CaptureFi
     assert report["environment"]["torch_threads"] == torch.get_num_threads()
     table = capsys.readouterr().out
     assert "samples/s" in table and "C/A =" in table and "torch.get_num_threads()" in table
+
+
+def test_gpu_measurements_run_end_to_end_on_cpu(tmp_path: Path) -> None:
+    # The ResNet-18 part runs only on a GPU; its code (data, command line, timing, FLOPs, MFU) is checked here on the
+    # CPU with a few tiny steps, so that the one GPU run the numbers come from does not fail on a typo.
+    options = ["--gpu_batch_size", "4", "--gpu_steps", "2", "--gpu_warmup", "1", "--gpu_sizes", "32,40"]
+    args = benchmark.parse_args([*options, "--peak_tflops", "1"])
+    out = benchmark.benchmark_gpu(args, tmp_path, lambda message: None, device=torch.device("cpu"))
+    assert set(out["runs"]) == {f"resnet18 {size}px {kind}" for size in (32, 40) for kind in ("plain", "template")}
+    for run in out["runs"].values():
+        assert run["images_per_s"] > 0 and run["mfu"] > 0
+    assert out["runs"]["resnet18 32px plain"]["forward_gflops_per_image"] == pytest.approx(0.0740, rel=1e-2)
+    assert benchmark.peak_tflops("NVIDIA H100 80GB HBM3", None) == 989
+    assert benchmark.peak_tflops("NVIDIA H100 PCIe", None) == 756
+    assert benchmark.peak_tflops("NVIDIA A100-SXM4-80GB", None) == 312
+    assert benchmark.peak_tflops("Unknown GPU", None) is None and benchmark.peak_tflops("Unknown", 100.0) == 100.0

@@ -18,8 +18,9 @@ batch-transfer hooks, callbacks and logging), without parsing the command line, 
 end-of-epoch work (checkpoint writing); the whole ``trainer.fit`` is reported too. After training, every model is
 scored on the same normalized test images (outside the timed part), so that equal speed means equal work.
 
-A fourth line, **B+fused**, is B with ``Adam(fused=True)``, the implementation the template picks: the gap between
-it and C is Lightning's own cost per step.
+Two more lines: **B+fused** is B with ``Adam(fused=True)``, the implementation the template picks (the gap between
+it and C is Lightning's own cost per step), and **C-noclip** is C without the gradient clipping the template's
+default configuration turns on (``gradient_clip_val: 1.0``), which A and B do not do: the same arithmetic as A and B.
 
 On a CUDA GPU (``--device cuda``), ResNet-18 too, at CIFAR-10's 32 px and at 224 px: images per second of a plain
 bf16-autocast, channels-last loop over synthetic batches already on the GPU, and of the template
@@ -79,8 +80,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--data.root",
         dest="root",
         default=None,
-        help="Use the MNIST files under DIR/MNIST/raw when they are there; otherwise generated data in the same "
-        "format is written to a temporary directory.",
+        help="Use the MNIST files under DIR/MNIST/raw when they are there (not with --quick); otherwise generated "
+        "data in the same format is written to a temporary directory.",
     )
     parser.add_argument("--source", choices=["random", "digits"], default="random", help="Content of generated data.")
     parser.add_argument(
@@ -100,13 +101,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="A smoke test: fewer samples, repeats and steps.")
     parser.add_argument(
         "--runs",
-        default="A,B,B+fused,C",
+        default="A,B,B+fused,C,C-noclip",
         help="Which MLP runs, comma-separated, of A, B, B+fused, C, C-noclip (C without gradient clipping).",
     )
     parser.add_argument("--no_gpu_models", action="store_true", help="Skip the ResNet-18 measurements on a GPU.")
     parser.add_argument("--gpu_batch_size", type=int, default=256, help="Batch size of the ResNet-18 runs.")
     parser.add_argument("--gpu_steps", type=int, default=None, help="Timed ResNet-18 steps (default 100, quick 30).")
     parser.add_argument("--gpu_warmup", type=int, default=None, help="Untimed first steps (default 20, quick 10).")
+    parser.add_argument("--gpu_sizes", default="32,224", help="Image sizes of the ResNet-18 runs, comma-separated.")
     parser.add_argument("--compile", action="store_true", help="Also time the ResNet-18 runs with torch.compile.")
     parser.add_argument("--peak_tflops", type=float, default=None, help="The GPU's dense bf16 peak, for MFU.")
     parser.add_argument("--json", default=None, help="Also write the results to this JSON file.")
@@ -117,6 +119,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args.gpu_steps = args.gpu_steps or (30 if args.quick else 100)
     args.gpu_warmup = args.gpu_warmup if args.gpu_warmup is not None else (10 if args.quick else 20)
     args.runs = [name.strip() for name in args.runs.split(",") if name.strip()]
+    args.gpu_sizes = [int(size) for size in args.gpu_sizes.split(",") if size.strip()]
     unknown = set(args.runs) - set(MLP_RUNS)
     if unknown:
         parser.error(f"--runs: unknown {sorted(unknown)}; choose from {', '.join(MLP_RUNS)}")
@@ -407,11 +410,13 @@ def resnet_flops_per_image(image_size: int) -> float:
     return counter.get_total_flops() / 2
 
 
-def plain_resnet_rate(args: argparse.Namespace, image_size: int, compile: bool) -> float:
-    """Images/s of a plain bf16-autocast, channels-last ResNet-18 loop over synthetic batches on the GPU."""
+def plain_resnet_rate(args: argparse.Namespace, image_size: int, compile: bool, device: torch.device) -> float:
+    """Images/s of a plain bf16-autocast, channels-last ResNet-18 loop over synthetic batches on the GPU.
+
+    (On the CPU, only for testing this code: no autocast.)
+    """
     from torchvision.models import resnet18
 
-    device = torch.device("cuda")
     torch.manual_seed(args.seed)
     model = resnet18(num_classes=10).to(device, memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -421,7 +426,7 @@ def plain_resnet_rate(args: argparse.Namespace, image_size: int, compile: bool) 
     labels = torch.randint(0, 10, (args.gpu_batch_size,), device=device)
 
     def step() -> None:
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             loss = nn.functional.cross_entropy(step_model(images), labels)
         loss.backward()
         optimizer.step()
@@ -437,8 +442,13 @@ def plain_resnet_rate(args: argparse.Namespace, image_size: int, compile: bool) 
     return args.gpu_steps * args.gpu_batch_size / (time.perf_counter() - started)
 
 
-def template_resnet_rate(args: argparse.Namespace, root: Path, workdir: Path, image_size: int, compile: bool) -> float:
-    """Images/s of the template training ResNet-18 on CIFAR-10 files through the Trainer, after the warm-up."""
+def template_resnet_rate(
+    args: argparse.Namespace, root: Path, workdir: Path, image_size: int, compile: bool, device: torch.device
+) -> float:
+    """Images/s of the template training ResNet-18 on CIFAR-10 files through the Trainer, after the warm-up.
+
+    (On the CPU, only for testing this code: full precision.)
+    """
     import lightning as L
 
     warmup, steps = args.gpu_warmup, args.gpu_steps
@@ -455,9 +465,9 @@ def template_resnet_rate(args: argparse.Namespace, root: Path, workdir: Path, im
         "--trainer.limit_train_batches", str(warmup + steps),
         "--trainer.limit_val_batches", "0",
         "--trainer.num_sanity_val_steps", "0",
-        "--accelerator", "gpu",
+        "--accelerator", "gpu" if device.type == "cuda" else "cpu",
         "--devices", "1",
-        "--precision", "bf16-mixed",
+        "--precision", "bf16-mixed" if device.type == "cuda" else "32-true",
         "--seed", str(args.seed),
     ]  # fmt: skip
     if image_size != 32:
@@ -472,7 +482,7 @@ def template_resnet_rate(args: argparse.Namespace, root: Path, workdir: Path, im
         seconds: float | None = None
 
         def _start(self) -> None:
-            torch.cuda.synchronize()
+            _sync(device)
             self.started = time.perf_counter()
 
         def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
@@ -484,7 +494,7 @@ def template_resnet_rate(args: argparse.Namespace, root: Path, workdir: Path, im
                 self._start()
 
         def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
-            torch.cuda.synchronize()
+            _sync(device)
             if self.started is not None:
                 self.seconds = time.perf_counter() - self.started
 
@@ -497,25 +507,29 @@ def template_resnet_rate(args: argparse.Namespace, root: Path, workdir: Path, im
     return steps * args.gpu_batch_size / timer.seconds
 
 
-def benchmark_gpu(args: argparse.Namespace, workdir: Path, log: Callable[[str], None]) -> dict[str, Any]:
+def benchmark_gpu(
+    args: argparse.Namespace, workdir: Path, log: Callable[[str], None], device: torch.device | None = None
+) -> dict[str, Any]:
+    """ResNet-18 images/s and MFU, plain loop and template, at each of ``args.gpu_sizes`` (a CPU device: tests)."""
     from project.fakedata import write_cifar10
 
-    name = torch.cuda.get_device_name()
+    device = device or torch.device("cuda")
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     peak = peak_tflops(name, args.peak_tflops)
     root = workdir / "cifar10"
     write_cifar10(root, n_train=(args.gpu_warmup + args.gpu_steps) * args.gpu_batch_size, n_test=100, seed=args.seed)
     torch.backends.cudnn.benchmark = True
     torch.set_float32_matmul_precision("high")
     out: dict[str, Any] = {"device": name, "peak_bf16_tflops": peak, "batch_size": args.gpu_batch_size, "runs": {}}
-    for image_size in (32, 224):
+    for image_size in args.gpu_sizes:
         flops = resnet_flops_per_image(image_size)
         for compile in (False, True) if args.compile else (False,):
             suffix = " compiled" if compile else ""
             for kind in ("plain", "template"):
                 if kind == "plain":
-                    rate = plain_resnet_rate(args, image_size, compile)
+                    rate = plain_resnet_rate(args, image_size, compile, device)
                 else:
-                    rate = template_resnet_rate(args, root, workdir, image_size, compile)
+                    rate = template_resnet_rate(args, root, workdir, image_size, compile, device)
                 mfu = 3 * flops * rate / (peak * 1e12) if peak else None
                 key = f"resnet18 {image_size}px {kind}{suffix}"
                 out["runs"][key] = {

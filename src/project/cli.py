@@ -35,6 +35,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from project import rundir
 from project.callbacks.atomic_io import AtomicCheckpointIO
@@ -255,6 +256,9 @@ class TemplateCLI(LightningCLI):
             warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
         elif inherited := rundir.inherited_run_dir():  # a DDP worker: the directory rank 0 chose and writes into
             self.run_dir = inherited
+        elif config.get("run_dir") and rank_zero_only.rank > 0:
+            # Started by torchrun or srun: every process gets the same --run_dir, and rank 0 claims it.
+            self.run_dir = Path(config["run_dir"])
         elif config.get("run_dir"):
             self.run_dir = rundir.claim_run_dir(config["run_dir"])
         else:
