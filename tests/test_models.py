@@ -184,3 +184,18 @@ def test_unfreeze_at_epoch_adds_the_backbone_to_the_optimizer(tmp_path: Path, da
     pretrained.init_weights()
     # The backbone was trained in epoch 1, after the unfreeze.
     assert not torch.equal(pretrained.network.layer4[0].conv1.weight, model.network.layer4[0].conv1.weight)
+
+
+@pytest.mark.parametrize("scale", [1e-3, 1e2, float("nan")])
+def test_cpu_gradient_clipping_equals_clip_grad_norm(scale: float) -> None:
+    model = MLP(num_classes=10, input_shape=(1, 28, 28))
+    reference = [parameter.detach().clone() for parameter in model.parameters()]
+    optimizer = torch.optim.Adam(model.parameters())
+    generator = torch.Generator().manual_seed(0)
+    for parameter, copy in zip(model.parameters(), reference, strict=True):
+        parameter.grad = torch.randn(parameter.shape, generator=generator) * scale
+        copy.grad = parameter.grad.clone()
+    model.configure_gradient_clipping(optimizer, gradient_clip_val=1.0, gradient_clip_algorithm="norm")
+    torch.nn.utils.clip_grad_norm_(reference, max_norm=1.0)
+    for parameter, copy in zip(model.parameters(), reference, strict=True):
+        torch.testing.assert_close(parameter.grad, copy.grad, rtol=0, atol=0, equal_nan=True)

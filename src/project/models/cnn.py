@@ -1,4 +1,4 @@
-"""A small convolutional net: ≥ 99 % on MNIST in a few epochs, and a sensible CIFAR-10 baseline."""
+"""A small convolutional net for MNIST- and CIFAR-sized images (batch-normalized VGG-style stages)."""
 
 from __future__ import annotations
 
