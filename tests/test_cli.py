@@ -228,3 +228,15 @@ def test_missing_imagenet_weights_say_where_to_put_them(
     assert code == 2
     error = capsys.readouterr().err
     assert str(tmp_path / "empty-cache" / "hub" / "checkpoints" / "resnet18-f37072fd.pth") in error
+
+
+@pytest.mark.gpu
+def test_gpu_run_uses_bf16_and_keeps_the_data_on_the_device(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, data_root: Path
+) -> None:
+    code, run = _train(tmp_path, monkeypatch, "--model", "cnn", "--data.root", str(data_root), "--accelerator", "gpu")
+    assert code == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["accelerator"] == "cuda"
+    expected = "bf16-mixed" if torch.cuda.is_bf16_supported() else "32-true"
+    assert summary["precision"] == expected
