@@ -7,9 +7,11 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
+from lightning import Trainer
 
 from project.fakedata import write_cifar10, write_image_folder, write_mnist, write_resnet18_weights
 
@@ -84,6 +86,12 @@ def folder_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An image folder of PNG and JPEG files, three classes."""
     root = tmp_path_factory.mktemp("images")
     return write_image_folder(root, per_class=20, size=(32, 32))
+
+
+def quiet_trainer(**options: Any) -> Trainer:
+    """A CPU ``Trainer`` that prints and logs nothing and saves no checkpoint unless ``options`` say otherwise."""
+    defaults = {"logger": False, "enable_checkpointing": False, "enable_progress_bar": False}
+    return Trainer(accelerator="cpu", enable_model_summary=False, **{**defaults, **options})
 
 
 def run_train(args: Sequence[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:

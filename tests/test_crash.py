@@ -14,7 +14,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from conftest import TINY, TRAIN_SCRIPT, run_train
+from conftest import TINY, TRAIN_SCRIPT, quiet_trainer, run_train
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from project.callbacks.atomic_io import AtomicCheckpointIO
@@ -183,16 +183,13 @@ class NaNAtStep(MLP):
 def test_non_finite_loss_is_found_at_the_next_check_and_named_by_its_step(
     tmp_path: Path, data_root: Path, every_n_steps: int, stopped_at: int
 ) -> None:
-    trainer = L.Trainer(
-        accelerator="cpu",
+    trainer = quiet_trainer(
         max_epochs=2,
         limit_train_batches=8,
         limit_val_batches=2,
         num_sanity_val_steps=0,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         callbacks=[NonFiniteLossCheck(every_n_steps), ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)],
+        enable_checkpointing=True,
     )
     datamodule = MNISTDataModule(root=str(data_root), batch_size=16, val_size=0.1)
     with pytest.raises(NonFiniteLossError, match=r"loss is nan at step 5 \(epoch 0, batch 5\)"):

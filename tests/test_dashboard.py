@@ -6,11 +6,10 @@ import csv
 import json
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, run_train
+from conftest import TINY, quiet_trainer, run_train
 from matplotlib.figure import Figure
 from PIL import Image
 
@@ -76,17 +75,12 @@ def test_validation_is_drawn_every_n_epochs_and_after_the_last(
     titles: list[str] = []
     draw = plots.plot_confusion_matrix
     monkeypatch.setattr(plots, "plot_confusion_matrix", lambda *a, **k: titles.append(a[3]) or draw(*a, **k))
-    trainer = L.Trainer(
-        accelerator="cpu",
+    trainer = quiet_trainer(
         max_epochs=3,
         limit_train_batches=2,
         limit_val_batches=1,
         limit_test_batches=1,
         num_sanity_val_steps=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         callbacks=[ClassificationDashboard(tmp_path / "dashboard", every_n_epochs=2, num_samples=4)],
     )
     datamodule = MNISTDataModule(root=str(data_root), batch_size=8, val_size=0.1)
@@ -241,13 +235,10 @@ def test_a_model_without_step_outputs_turns_the_dashboard_off_with_a_warning(tmp
         def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
             super().validation_step(batch, batch_idx)  # logs val/loss and val/acc, returns nothing
 
-    trainer = L.Trainer(
-        accelerator="cpu",
+    trainer = quiet_trainer(
         limit_val_batches=1,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         callbacks=[ClassificationDashboard(tmp_path / "dashboard")],
+        enable_checkpointing=True,
     )
     with pytest.warns(UserWarning, match="ClassificationDashboard is turned off: validation_step"):
         trainer.validate(LossOnly(hidden_sizes=[8]), datamodule=MNISTDataModule(root=str(data_root), val_size=0.1))

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import quiet_trainer
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 from torchvision.transforms.v2 import functional as TF
@@ -305,21 +306,15 @@ def test_training_steps_do_not_read_device_values_on_the_host(
 def test_fused_optimizer_where_lightning_allows_it(data_root: Path, precision: str, clip, fused: bool) -> None:
     # Lightning refuses gradient clipping with a fused optimizer under its mixed-precision plugin (bf16-mixed is
     # the default on a GPU): there the model keeps PyTorch's default implementation, and training runs.
-    import lightning as L
 
     from project.models import MLP
 
-    trainer = L.Trainer(
-        accelerator="cpu",
+    trainer = quiet_trainer(
         precision=precision,
         gradient_clip_val=clip,
         max_epochs=1,
         limit_train_batches=2,
         limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
     )
     trainer.fit(MLP(), datamodule=MNISTDataModule(root=str(data_root), batch_size=16, val_size=0, download=False))
     assert trainer.global_step == 2

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import quiet_trainer
 from PIL import Image
 
 from project.datamodules.folder import FolderDataModule, FolderImageDataset, load_image
@@ -338,22 +339,16 @@ def test_dataloader_path_with_worker_processes(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("cache", ["auto", "never"])
 def test_fit_with_a_trainer(tmp_path: Path, cache: str) -> None:
-    from lightning import Trainer
 
     from project.models import MLP
 
     root = _folder(tmp_path)
     dm = _module(root, cache=cache, hflip=True)
     model = MLP(hidden_sizes=[16], lr=1e-3)
-    trainer = Trainer(
+    trainer = quiet_trainer(
         max_epochs=1,
         limit_train_batches=2,
         limit_val_batches=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
         default_root_dir=tmp_path,
     )
     trainer.fit(model, datamodule=dm)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import quiet_trainer
 from lightning import Trainer
 from torch import nn
 
@@ -167,14 +168,10 @@ def test_unfreeze_at_epoch_adds_the_backbone_to_the_optimizer(tmp_path: Path, da
     model = ResNet(weights="imagenet", unfreeze_at_epoch=1, backbone_lr_ratio=0.1, lr=0.01)
     assert any(isinstance(callback, UnfreezeBackbone) for callback in model.configure_callbacks())
     data = CIFAR10DataModule(root=str(data_root), batch_size=16, val_size=0.1)
-    trainer = Trainer(
-        accelerator="cpu",
+    trainer = quiet_trainer(
         max_epochs=2,
         limit_train_batches=2,
         limit_val_batches=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
     )
     trainer.fit(model, datamodule=data)
     groups = trainer.optimizers[0].param_groups

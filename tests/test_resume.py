@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 from pathlib import Path
 from typing import Any
@@ -110,9 +111,11 @@ def test_resume_continues_the_wandb_run(tmp_path: Path, monkeypatch: pytest.Monk
     assert _run(tmp_path, monkeypatch, "--resume", "run", "--trainer.max_epochs", "2") == 0
     resumed = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
     assert resumed["global_step"] == 6 and resumed["wandb_run_id"] == run_id
-    # Offline, W&B keeps one folder per process that logged to a run, named after the run id: both are this run.
+    # Offline, W&B keeps one folder per process that logged to a run, named after the run id (plus "-1" when both
+    # started within the same second): both are this run.
     offline_runs = sorted((tmp_path / "run" / "wandb").glob("offline-run-*"))
-    assert len(offline_runs) == 2 and all(path.name.endswith(f"-{run_id}") for path in offline_runs)
+    assert len(offline_runs) == 2
+    assert all(re.search(rf"-{run_id}(-\d+)?$", path.name) for path in offline_runs), offline_runs
 
 
 @pytest.mark.parametrize(
