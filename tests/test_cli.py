@@ -23,7 +23,7 @@ def _train(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *args: str) -> tuple
     monkeypatch.chdir(tmp_path)
     code = main([*TINY, *args])
     runs = tmp_path / "runs"
-    return code, _only_run(runs) if runs.exists() else None
+    return code, _only_run(runs) if runs.exists() and any(runs.iterdir()) else None
 
 
 def test_short_names_come_from_configs() -> None:
@@ -212,6 +212,9 @@ def test_user_mistakes_are_one_line_errors_with_exit_code_2(
     error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(error_lines) == 1, result.stderr
     assert expected in error_lines[0]
+    # A run that fails on a mistake before saving anything leaves no run directory behind.
+    runs = tmp_path / "runs"
+    assert not runs.exists() or not any(runs.iterdir()), list(runs.iterdir())
 
 
 def test_missing_imagenet_weights_say_where_to_put_them(
@@ -224,8 +227,8 @@ def test_missing_imagenet_weights_say_where_to_put_them(
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-cache"))
     monkeypatch.setattr(weights_api, "load_state_dict_from_url", no_network)
-    code, _ = _train(tmp_path, monkeypatch, "--model", "resnet", "--data.root", str(data_root))
-    assert code == 2
+    code, run = _train(tmp_path, monkeypatch, "--model", "resnet", "--data.root", str(data_root))
+    assert code == 2 and run is None
     error = capsys.readouterr().err
     assert str(tmp_path / "empty-cache" / "hub" / "checkpoints" / "resnet18-f37072fd.pth") in error
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import sys
 import time
@@ -167,6 +168,7 @@ class TemplateCLI(LightningCLI):
 
     def __init__(self, args: list[str], **kwargs: Any) -> None:
         self.run_dir: Path | None = None
+        self.fresh_run_dir = False  # created by this run (not resumed, not a DDP worker's)
         self.ckpt_path: str | None = None
         # LightningCLI reads sys.argv when args is None and warns when both are set; main() already expanded
         # sys.argv into args, so hand them over as the command line.
@@ -243,7 +245,11 @@ class TemplateCLI(LightningCLI):
     def instantiate_classes(self) -> None:
         try:
             super().instantiate_classes()
+        except UserError:
+            self.discard_unused_run_dir()
+            raise
         except (ValueError, TypeError, MisconfigurationException) as error:
+            self.discard_unused_run_dir()
             raise UserError(explain(error)) from None
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
@@ -261,9 +267,11 @@ class TemplateCLI(LightningCLI):
             self.run_dir = Path(config["run_dir"])
         elif config.get("run_dir"):
             self.run_dir = rundir.claim_run_dir(config["run_dir"])
+            self.fresh_run_dir = True
         else:
             name = f"{_short(config['model']['class_path'])}-{_short(config['data']['class_path'])}"
             self.run_dir = rundir.new_run_dir(config["trainer"]["default_root_dir"], name)
+            self.fresh_run_dir = True
         rundir.share_with_workers(self.run_dir)
 
         wandb_id = _saved_wandb_id(self.ckpt_path) if config["logger"] == "wandb" else None
@@ -279,6 +287,15 @@ class TemplateCLI(LightningCLI):
         callbacks += self.default_callbacks(self.run_dir)
         kwargs["callbacks"] = callbacks
         return super().instantiate_trainer(**kwargs)
+
+    def discard_unused_run_dir(self) -> None:
+        """A run that failed on a user mistake before its first checkpoint leaves no directory behind."""
+        run_dir = self.run_dir
+        if not self.fresh_run_dir or run_dir is None or not run_dir.is_dir() or rank_zero_only.rank != 0:
+            return
+        if any(run_dir.joinpath(rundir.CHECKPOINTS).glob("*.ckpt")):
+            return  # something worth keeping was saved
+        shutil.rmtree(run_dir)
 
     def default_callbacks(self, run_dir: Path) -> list[Callback]:
         """Checkpointing, learning-rate monitoring, RNG state, the non-finite loss check, SIGTERM/SIGINT handling,
@@ -396,11 +413,14 @@ def _print_summary(summary: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the process exit code."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    cli: TemplateCLI | None = None
     try:
         cli = TemplateCLI(expand_args(argv))
         summary = train(cli)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
+        if cli is not None:
+            cli.discard_unused_run_dir()
         return error.exit_code
     except NonFiniteLossError as error:  # not a usage mistake (2): the run itself failed
         print(f"error: {error}", file=sys.stderr)
