@@ -191,7 +191,12 @@ class TemplateCLI(LightningCLI):
             parser_kwargs={
                 "exit_on_error": False,
                 "default_config_files": [str(PACKAGE_CONFIGS / "trainer" / "default.yaml")],
-                "description": "Train an image classifier, keep the best checkpoint, test it.",
+                "description": (
+                    "Train an image classifier, keep the best checkpoint, test it. Short forms: "
+                    f"--model {'|'.join(sorted(short_names('model')))}, "
+                    f"--data {'|'.join(sorted(short_names('data')))}, "
+                    "--precision, --accelerator, --devices, --strategy, --num_nodes, --max_epochs, --seed, --compile."
+                ),
             },
             **kwargs,
         )
