@@ -12,7 +12,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from project.errors import CheckpointError
+from project.errors import CheckpointError, first_line
 
 
 def load_checkpoint_file(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -71,8 +71,7 @@ def load_model(path: str | os.PathLike[str], map_location: str | torch.device = 
         model.on_load_checkpoint(checkpoint)
         model.load_state_dict(checkpoint["state_dict"])
     except (TypeError, ValueError, RuntimeError) as error:
-        first = str(error).strip().splitlines()[0]
-        raise CheckpointError(f"checkpoint {str(path)!r} does not match {class_path}: {first}") from None
+        raise CheckpointError(f"checkpoint {str(path)!r} does not match {class_path}: {first_line(error)}") from None
     return model.eval()
 
 

@@ -279,13 +279,12 @@ class TemplateCLI(LightningCLI):
             self.fresh_run_dir = True
         rundir.share_with_workers(self.run_dir)
 
-        wandb_id = _saved_wandb_id(self.ckpt_path) if config["logger"] == "wandb" else None
+        # The checkpoint is read now, so that a bad file fails before training, to continue metrics.csv from its
+        # step and the W&B run from its id.
+        resumed = load_checkpoint_file(self.ckpt_path) if self.ckpt_path else {}
+        wandb_id = resumed.get("wandb_run_id") if config["logger"] == "wandb" else None
         kwargs["logger"] = make_loggers(config["logger"], self.run_dir, WandbOptions(**config["wandb"]), wandb_id)
-        resumed_step = 0
-        if self.ckpt_path:
-            # Loaded now, so that a bad file fails before training, and to continue metrics.csv from its step.
-            resumed_step = int(load_checkpoint_file(self.ckpt_path).get("global_step", 0))
-        rundir.continue_metrics_log(kwargs["logger"], resumed_step)
+        rundir.continue_metrics_log(kwargs["logger"], int(resumed.get("global_step", 0)))
         kwargs["default_root_dir"] = str(self.run_dir)
         kwargs["plugins"] = [AtomicCheckpointIO()]
         callbacks = list(self.config_init["trainer"].get("callbacks") or [])
@@ -330,14 +329,6 @@ class TemplateCLI(LightningCLI):
 
 def _short(class_path: str) -> str:
     return class_path.rsplit(".", 1)[-1].removesuffix("DataModule").lower()
-
-
-def _saved_wandb_id(checkpoint: str | None) -> str | None:
-    if not checkpoint:
-        return None
-    from project.checkpoint import load_checkpoint_file
-
-    return load_checkpoint_file(checkpoint).get("wandb_run_id")
 
 
 # ---------------------------------------------------------------------------------------------- the run
@@ -439,11 +430,6 @@ def main(argv: list[str] | None = None) -> int:
     if summary["signal"]:
         return 128 + signal.Signals[summary["signal"]]  # the shell's convention: 143 for SIGTERM, 130 for SIGINT
     return 130 if summary["interrupted"] else 0
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 _NOISE = (

@@ -29,7 +29,7 @@ from project.callbacks.dashboard import ClassificationDashboard
 from project.callbacks.progress import ThrottledRichProgressBar
 from project.checkpoint import load_checkpoint_file, load_model
 from project.cli import short_names
-from project.errors import UserError
+from project.errors import UserError, first_line
 
 _LIGHTNING_KEYS = ("_class_path", "_instantiator")
 
@@ -100,7 +100,7 @@ def make_datamodule(class_path: str, init_args: dict[str, Any]) -> L.LightningDa
     try:
         return data_class(**init_args)
     except (TypeError, ValueError) as error:
-        raise UserError(f"--data {class_path}: {str(error).splitlines()[0]}") from None
+        raise UserError(f"--data {class_path}: {first_line(error)}") from None
 
 
 def parse_overrides(tokens: Sequence[str]) -> dict[str, Any]:
@@ -167,7 +167,7 @@ def evaluate(
             default_root_dir=output.parent,
         )
     except (MisconfigurationException, ValueError) as error:
-        raise UserError(str(error).strip().splitlines()[0]) from None
+        raise UserError(first_line(error)) from None
     metrics = trainer.test(model, datamodule=datamodule, verbose=False)[0]
     result = {
         "checkpoint": str(Path(checkpoint).resolve()),

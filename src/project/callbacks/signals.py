@@ -85,9 +85,8 @@ class GracefulInterrupt(Callback):
         if not signum:
             return
         path = last_checkpoint_path(trainer)
-        # On every rank: the strategy writes once, from rank 0. (For saving, weights_only=False means the full
-        # resumable state, optimizer and loops included; it has nothing to do with unpickling.)
-        trainer.save_checkpoint(path, weights_only=False)
+        # On every rank: the strategy writes once, from rank 0. The full resumable state, optimizer and loops included.
+        trainer.save_checkpoint(path)
         raise TrainingInterrupted(signum, path)
 
     def _agreed_signal(self, trainer: L.Trainer) -> int:

@@ -34,7 +34,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from project.datamodules.base import ImageDataModule, InMemoryLoader
 from project.datamodules.transforms import Normalize
-from project.errors import DataError
+from project.errors import DataError, first_line
 
 #: File name endings read as images (compared in lower case). Anything else in a class folder is ignored.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
@@ -439,7 +439,7 @@ def _decode_with_pil(pil: Image.Image, alpha: bool) -> Tensor:
     except Image.DecompressionBombError as error:
         raise _BadImage(f"refused as a decompression bomb ({error})") from None
     except (OSError, ValueError, SyntaxError, EOFError, IndexError) as error:
-        raise _BadImage(f"cannot be decoded ({_first_line(error)})") from None
+        raise _BadImage(f"cannot be decoded ({first_line(error)})") from None
     return torch.from_numpy(np.ascontiguousarray(array))
 
 
@@ -456,11 +456,6 @@ def _to_channels(image: Tensor, channels: int) -> Tensor:
         return image.expand(3, -1, -1)
     red, green, blue = image.to(torch.int32)
     return ((red * 299 + green * 587 + blue * 114 + 500) // 1000).to(torch.uint8)[None]
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 class _DecodeDataset(Dataset):
@@ -540,18 +535,24 @@ def _inside(path: str, root_real: str) -> bool:
         return False
 
 
+def _leaves_root(entry: os.DirEntry[str], root_real: str, refused: list[tuple[str, str]]) -> bool:
+    """Whether ``entry`` is a symlink that resolves outside the root; such entries are recorded as refused."""
+    if not entry.is_symlink():
+        return False
+    target = os.path.realpath(entry.path)
+    if _inside(target, root_real):
+        return False
+    refused.append((entry.path, f"symlink to {target}, outside the root: refused"))
+    return True
+
+
 def _folders(path: str, root_real: str, refused: list[tuple[str, str]]) -> dict[str, str]:
     """Visible sub-folders of ``path`` inside the root: name → path. Symlinks out of the root are refused."""
     folders = {}
     with os.scandir(path) as entries:
         for entry in entries:
-            if _hidden(entry.name) or not entry.is_dir():
+            if _hidden(entry.name) or not entry.is_dir() or _leaves_root(entry, root_real, refused):
                 continue
-            if entry.is_symlink():
-                real = os.path.realpath(entry.path)
-                if not _inside(real, root_real):
-                    refused.append((entry.path, f"symlink to {real}, outside the root: refused"))
-                    continue
             folders[entry.name] = entry.path
     return folders
 
@@ -571,13 +572,8 @@ def _image_files(folder: str, root_real: str, refused: list[tuple[str, str]]) ->
                 if _hidden(entry.name):
                     continue
                 is_dir = entry.is_dir()
-                if not is_dir and not _is_image_name(entry.name):
+                if (not is_dir and not _is_image_name(entry.name)) or _leaves_root(entry, root_real, refused):
                     continue
-                if entry.is_symlink():
-                    target = os.path.realpath(entry.path)
-                    if not _inside(target, root_real):
-                        refused.append((entry.path, f"symlink to {target}, outside the root: refused"))
-                        continue
                 if is_dir:
                     walk(entry.path)
                 else:

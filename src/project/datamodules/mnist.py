@@ -11,7 +11,7 @@ from torch import Tensor
 from torchvision.datasets import MNIST
 
 from project.datamodules.base import ImageDataModule, uint8_images
-from project.errors import DataError
+from project.errors import DataError, first_line
 
 
 class MNISTDataModule(ImageDataModule):
@@ -50,9 +50,9 @@ class MNISTDataModule(ImageDataModule):
                     f"MNIST is not in {raw} and {hint}: put the four *-ubyte files there, "
                     f"or pass --data.root DIR where DIR/MNIST/raw holds them"
                 ) from None
-            raise DataError(f"MNIST files in {raw} are corrupt ({_first_line(error)}): delete them and retry") from None
+            raise DataError(f"MNIST files in {raw} are corrupt ({first_line(error)}): delete them and retry") from None
         except (ValueError, AssertionError, OSError) as error:
-            raise DataError(f"MNIST files in {raw} are corrupt ({_first_line(error)}): delete them and retry") from None
+            raise DataError(f"MNIST files in {raw} are corrupt ({first_line(error)}): delete them and retry") from None
 
     def load_split(self, train: bool) -> tuple[Tensor, Tensor]:
         dataset = self._dataset(train)
@@ -98,8 +98,3 @@ def _idx_length(path: str, item_shape: tuple[int, ...]) -> int:
             "corrupt: delete it and retry"
         )
     return length
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
