@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -369,3 +370,16 @@ def test_gpu_measurements_run_end_to_end_on_cpu(tmp_path: Path) -> None:
     assert benchmark.peak_tflops("NVIDIA H100 PCIe", None) == 756
     assert benchmark.peak_tflops("NVIDIA A100-SXM4-80GB", None) == 312
     assert benchmark.peak_tflops("Unknown GPU", None) is None and benchmark.peak_tflops("Unknown", 100.0) == 100.0
+
+
+def test_plain_cuda_check_only_without_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Lightning sets the NVML-based check when imported; the template undoes it only where there is no GPU.
+    from project.cli import plain_cuda_check_without_gpu
+
+    monkeypatch.setenv("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    plain_cuda_check_without_gpu()
+    assert os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] == "1"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    plain_cuda_check_without_gpu()
+    assert os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] == "0"

@@ -632,6 +632,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.device == "cuda":
             # What the template's command line sets on a GPU (TF32 matmuls), for every run alike.
             torch.set_float32_matmul_precision("high")
+        # Importing Lightning (done here for C) slows every optimizer step on a machine without a GPU, which a
+        # textbook script never pays; the template's command line undoes it (see plain_cuda_check_without_gpu).
+        # Undone here before any run, so that A, B and C all run as they would on their own.
+        from project.cli import plain_cuda_check_without_gpu
+
+        plain_cuda_check_without_gpu()
         root, data = mnist_root(args, workdir)
         ctx = Context(args, root, workdir, torch.device(args.device), MNISTTensors.load(root))
         threads = torch.get_num_threads()
