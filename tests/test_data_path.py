@@ -360,11 +360,13 @@ def test_gpu_measurements_run_end_to_end_on_cpu(tmp_path: Path) -> None:
     # The ResNet-18 part runs only on a GPU; its code (data, command line, timing, FLOPs, MFU) is checked here on the
     # CPU with a few tiny steps, so that the one GPU run the numbers come from does not fail on a typo.
     options = ["--gpu_batch_size", "4", "--gpu_steps", "2", "--gpu_warmup", "1", "--gpu_sizes", "32,40"]
-    args = benchmark.parse_args([*options, "--peak_tflops", "1"])
+    args = benchmark.parse_args([*options, "--peak_tflops", "1", "--gpu_ablations", "--gpu_repeats", "2"])
     out = benchmark.benchmark_gpu(args, tmp_path, lambda message: None, device=torch.device("cpu"))
-    assert set(out["runs"]) == {f"resnet18 {size}px {kind}" for size in (32, 40) for kind in ("plain", "template")}
-    for run in out["runs"].values():
-        assert run["images_per_s"] > 0 and run["mfu"] > 0
+    kinds = ["plain", "template", *(f"template, {ablation}" for ablation in benchmark.GPU_ABLATIONS)]
+    assert set(out["runs"]) == {f"resnet18 {size}px {kind}" for size in (32, 40) for kind in kinds}
+    for key, run in out["runs"].items():
+        assert len(run["images_per_s_all"]) == 2 and run["images_per_s"] > 0 and run["mfu"] > 0
+        assert run["vs_plain"] == 1.0 if key.endswith("plain") else run["vs_plain"] > 0
     assert out["runs"]["resnet18 32px plain"]["forward_gflops_per_image"] == pytest.approx(0.0740, rel=1e-2)
     assert benchmark.peak_tflops("NVIDIA H100 80GB HBM3", None) == 989
     assert benchmark.peak_tflops("NVIDIA H100 PCIe", None) == 756

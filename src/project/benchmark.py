@@ -27,6 +27,8 @@ bf16-autocast, channels-last loop over synthetic batches already on the GPU, and
 (``ResNet(weights="none", finetune="all")`` + ``CIFAR10DataModule``, upscaled on the GPU for 224 px, through the
 Trainer with ``bf16-mixed``), with the fraction of the GPU's bf16 peak each achieves (MFU: FLOPs per image
 × 3 for forward and backward × images/s ÷ peak; FLOPs counted by ``torch.utils.flop_counter.FlopCounterMode``).
+``--gpu_ablations`` adds the template with each of its GPU defaults turned off in turn (channels-last, cuDNN
+autotuning, bf16 autocast), to show what each is worth; ``--compile`` adds ``torch.compile`` to both loops.
 """
 
 from __future__ import annotations
@@ -110,6 +112,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--gpu_warmup", type=int, default=None, help="Untimed first steps (default 20, quick 10).")
     parser.add_argument("--gpu_sizes", default="32,224", help="Image sizes of the ResNet-18 runs, comma-separated.")
     parser.add_argument("--compile", action="store_true", help="Also time the ResNet-18 runs with torch.compile.")
+    parser.add_argument(
+        "--gpu_ablations",
+        action="store_true",
+        help="Also time the template with each of its GPU defaults turned off in turn (channels-last, cuDNN "
+        "autotuning, bf16 autocast): whether each helps.",
+    )
+    parser.add_argument(
+        "--gpu_repeats", type=int, default=None, help="Interleaved repeats of each ResNet-18 run (default 3, quick 1)."
+    )
     parser.add_argument("--peak_tflops", type=float, default=None, help="The GPU's dense bf16 peak, for MFU.")
     parser.add_argument("--json", default=None, help="Also write the results to this JSON file.")
     parser.add_argument("--workdir", default=None, help="Where generated data and runs go (default: a temp dir).")
@@ -118,13 +129,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args.repeats = args.repeats or (2 if args.quick else 5)
     args.gpu_steps = args.gpu_steps or (30 if args.quick else 100)
     args.gpu_warmup = args.gpu_warmup if args.gpu_warmup is not None else (10 if args.quick else 20)
+    args.gpu_repeats = args.gpu_repeats or (1 if args.quick else 3)
     args.runs = [name.strip() for name in args.runs.split(",") if name.strip()]
     args.gpu_sizes = [int(size) for size in args.gpu_sizes.split(",") if size.strip()]
     unknown = set(args.runs) - set(MLP_RUNS)
     if unknown:
         parser.error(f"--runs: unknown {sorted(unknown)}; choose from {', '.join(MLP_RUNS)}")
-    if min(args.epochs, args.repeats, args.batch_size, args.samples, args.gpu_steps) < 1:
-        parser.error("--epochs, --repeats, --batch_size, --samples and --gpu_steps must be positive")
+    if min(args.epochs, args.repeats, args.batch_size, args.samples, args.gpu_steps, args.gpu_repeats) < 1:
+        parser.error("--epochs, --repeats, --batch_size, --samples, --gpu_steps and --gpu_repeats must be positive")
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -443,11 +455,17 @@ def plain_resnet_rate(args: argparse.Namespace, image_size: int, compile: bool, 
 
 
 def template_resnet_rate(
-    args: argparse.Namespace, root: Path, workdir: Path, image_size: int, compile: bool, device: torch.device
+    args: argparse.Namespace,
+    root: Path,
+    workdir: Path,
+    image_size: int,
+    compile: bool,
+    device: torch.device,
+    extra_args: Sequence[str] = (),
 ) -> float:
     """Images/s of the template training ResNet-18 on CIFAR-10 files through the Trainer, after the warm-up.
 
-    (On the CPU, only for testing this code: full precision.)
+    ``extra_args`` are added to its command line (an ablation). On the CPU, only for testing this code: full precision.
     """
     import lightning as L
 
@@ -474,6 +492,7 @@ def template_resnet_rate(
         argv += ["--data.image_size", str(image_size)]
     if compile:
         argv += ["--compile"]
+    argv += list(extra_args)
 
     class StepTimer(L.Callback):
         """From the end of the last warm-up step (so the next batch's loading counts) to the end of the epoch."""
@@ -507,10 +526,21 @@ def template_resnet_rate(
     return steps * args.gpu_batch_size / timer.seconds
 
 
+#: The template's GPU defaults, each turned off in turn by ``--gpu_ablations``: what each one is worth.
+GPU_ABLATIONS: dict[str, list[str]] = {
+    "no channels-last": ["--model.channels_last", "false"],
+    "no cuDNN autotuning": ["--trainer.benchmark", "false"],
+    "fp32 (TF32), no bf16": ["--precision", "32-true"],
+}
+
+
 def benchmark_gpu(
     args: argparse.Namespace, workdir: Path, log: Callable[[str], None], device: torch.device | None = None
 ) -> dict[str, Any]:
-    """ResNet-18 images/s and MFU, plain loop and template, at each of ``args.gpu_sizes`` (a CPU device: tests)."""
+    """ResNet-18 images/s and MFU, plain loop and template, at each of ``args.gpu_sizes`` (a CPU device: tests).
+
+    Every run is repeated ``args.gpu_repeats`` times, interleaved like the MLP runs; the median is reported.
+    """
     from project.fakedata import write_cifar10
 
     device = device or torch.device("cuda")
@@ -518,27 +548,57 @@ def benchmark_gpu(
     peak = peak_tflops(name, args.peak_tflops)
     root = workdir / "cifar10"
     write_cifar10(root, n_train=(args.gpu_warmup + args.gpu_steps) * args.gpu_batch_size, n_test=100, seed=args.seed)
-    torch.backends.cudnn.benchmark = True
     torch.set_float32_matmul_precision("high")
-    out: dict[str, Any] = {"device": name, "peak_bf16_tflops": peak, "batch_size": args.gpu_batch_size, "runs": {}}
+
+    def plain(image_size: int, compile: bool) -> Callable[[], float]:
+        def run() -> float:
+            torch.backends.cudnn.benchmark = True  # an ablation of the template may have turned it off
+            return plain_resnet_rate(args, image_size, compile, device)
+
+        return run
+
+    def template(image_size: int, compile: bool, extra_args: Sequence[str] = ()) -> Callable[[], float]:
+        return lambda: template_resnet_rate(args, root, workdir, image_size, compile, device, extra_args)
+
+    runs: dict[str, tuple[int, Callable[[], float]]] = {}
     for image_size in args.gpu_sizes:
-        flops = resnet_flops_per_image(image_size)
         for compile in (False, True) if args.compile else (False,):
             suffix = " compiled" if compile else ""
-            for kind in ("plain", "template"):
-                if kind == "plain":
-                    rate = plain_resnet_rate(args, image_size, compile, device)
-                else:
-                    rate = template_resnet_rate(args, root, workdir, image_size, compile, device)
-                mfu = 3 * flops * rate / (peak * 1e12) if peak else None
-                key = f"resnet18 {image_size}px {kind}{suffix}"
-                out["runs"][key] = {
-                    "images_per_s": rate,
-                    "forward_gflops_per_image": flops / 1e9,
-                    "mfu": mfu,
-                }
-                mfu_text = f"MFU {100 * mfu:.1f}%" if mfu is not None else "MFU n/a (pass --peak_tflops)"
-                log(f"{key:32s} {rate:9.0f} images/s  {mfu_text}")
+            runs[f"resnet18 {image_size}px plain{suffix}"] = (image_size, plain(image_size, compile))
+            runs[f"resnet18 {image_size}px template{suffix}"] = (image_size, template(image_size, compile))
+        if args.gpu_ablations:
+            for ablation, extra_args in GPU_ABLATIONS.items():
+                runs[f"resnet18 {image_size}px template, {ablation}"] = (
+                    image_size,
+                    template(image_size, False, extra_args),
+                )
+    rates: dict[str, list[float]] = {key: [] for key in runs}
+    for repeat, key in interleaved(list(runs), args.gpu_repeats):
+        rates[key].append(runs[key][1]())
+        log(f"repeat {repeat + 1}/{args.gpu_repeats} {key:48s} {rates[key][-1]:9.0f} images/s")
+
+    out: dict[str, Any] = {
+        "device": name,
+        "peak_bf16_tflops": peak,
+        "batch_size": args.gpu_batch_size,
+        "steps": args.gpu_steps,
+        "repeats": args.gpu_repeats,
+        "runs": {},
+    }
+    flops = {size: resnet_flops_per_image(size) for size in args.gpu_sizes}
+    for key, (image_size, _) in runs.items():
+        rate = statistics.median(rates[key])
+        out["runs"][key] = {
+            "images_per_s": rate,
+            "images_per_s_all": rates[key],
+            "forward_gflops_per_image": flops[image_size] / 1e9,
+            "mfu": 3 * flops[image_size] * rate / (peak * 1e12) if peak else None,
+        }
+    for image_size in args.gpu_sizes:
+        plain_rate = out["runs"][f"resnet18 {image_size}px plain"]["images_per_s"]
+        for key, run in out["runs"].items():
+            if key.startswith(f"resnet18 {image_size}px "):
+                run["vs_plain"] = run["images_per_s"] / plain_rate
     return out
 
 
@@ -605,11 +665,15 @@ def render(report: dict[str, Any]) -> str:
     gpu = report.get("gpu")
     if gpu:
         peak = gpu["peak_bf16_tflops"]
-        lines += ["", f"ResNet-18 on {gpu['device']}, batch {gpu['batch_size']}, bf16 peak {peak} TFLOPS"]
+        lines += [
+            "",
+            f"ResNet-18 on {gpu['device']}, batch {gpu['batch_size']}, {gpu['steps']} timed steps, median of "
+            f"{gpu['repeats']} interleaved repeats, bf16 peak {peak} TFLOPS",
+        ]
         for key, run in gpu["runs"].items():
-            mfu = f"{100 * run['mfu']:.1f}%" if run["mfu"] is not None else "n/a"
+            mfu = f"{100 * run['mfu']:.1f}%" if run["mfu"] is not None else "n/a (pass --peak_tflops)"
             lines.append(
-                f"  {key:32s} {run['images_per_s']:9.0f} images/s  "
+                f"  {key:48s} {run['images_per_s']:9.0f} images/s  {run['vs_plain']:.2f}x plain  "
                 f"{run['forward_gflops_per_image']:.2f} GFLOP/image fwd  MFU {mfu}"
             )
     return "\n".join(lines)
