@@ -1,0 +1,84 @@
+"""What only a GPU can show: batches that never leave the device, channels-last conv nets, no host sync per step.
+
+Every test here is marked ``gpu`` and skipped where no CUDA GPU is present (see conftest.py). The same checks on
+the CPU, where they apply, live in test_data_path.py.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import pytest
+import torch
+
+from project.cli import TemplateCLI, expand_args
+from project.datamodules.transforms import BatchAugment
+
+pytestmark = pytest.mark.gpu
+
+
+def _fit(argv: list[str], tmp_path: Path, callbacks: list[L.Callback]) -> TemplateCLI:
+    argv = [*argv, "--accelerator", "gpu", "--devices", "1", "--trainer.default_root_dir", str(tmp_path)]
+    cli = TemplateCLI(expand_args([*argv, "--no_test", "true"]), trainer_defaults={"callbacks": callbacks})
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    return cli
+
+
+def test_conv_net_trains_on_device_resident_channels_last_batches(data_root: Path, tmp_path: Path) -> None:
+    seen: list[tuple[torch.device, torch.dtype, bool]] = []
+
+    class Inspect(L.Callback):
+        def on_train_batch_start(self, trainer: L.Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
+            images = batch[0]
+            channels_last = images.is_contiguous(memory_format=torch.channels_last)
+            seen.append((images.device, images.dtype, channels_last))
+
+    argv = ["--model", "resnet", "--model.weights", "none", "--data", "cifar10", "--data.root", str(data_root)]
+    argv += ["--data.download", "false", "--data.batch_size", "16", "--data.val_size", "0.1"]
+    argv += ["--data.crop_padding", "4", "--data.hflip", "true"]
+    argv += ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "5", "--trainer.limit_val_batches", "2"]
+    cli = _fit(argv, tmp_path, [Inspect()])
+    # The whole split was moved to the GPU once; every batch arrived there as normalized, augmented float32.
+    assert cli.datamodule.splits["train"][0].device.type == "cuda"
+    assert len(seen) == 5
+    assert all(device.type == "cuda" and dtype == torch.float32 and last for device, dtype, last in seen), seen
+    assert cli.model.network.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert cli.trainer.precision == ("bf16-mixed" if torch.cuda.is_bf16_supported() else "32-true")
+
+
+@pytest.mark.parametrize("precision", ["bf16-mixed", "32-true"])
+def test_training_steps_do_not_synchronize_with_the_gpu(data_root: Path, tmp_path: Path, precision: str) -> None:
+    # CUDA's sync debug mode warns at every operation that waits for the GPU. Allowed: the steps that write logs
+    # (log_every_n_steps), the non-finite check (every 50 steps), and the progress bar's redraws.
+    class SyncDebug(L.Callback):
+        def on_train_epoch_start(self, trainer: L.Trainer, pl_module: Any) -> None:
+            torch.cuda.set_sync_debug_mode("warn")
+
+        def on_train_epoch_end(self, trainer: L.Trainer, pl_module: Any) -> None:
+            torch.cuda.set_sync_debug_mode("default")
+
+    argv = ["--model", "cnn", "--data.root", str(data_root), "--data.download", "false", "--data.batch_size", "2"]
+    argv += ["--data.val_size", "0", "--trainer.max_epochs", "1", "--trainer.limit_val_batches", "0"]
+    argv += ["--trainer.log_every_n_steps", "50", "--precision", precision]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            cli = _fit(argv, tmp_path, [SyncDebug()])
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    assert cli.trainer.global_step == 200
+    syncs = [str(w.message) for w in caught if "synchroniz" in str(w.message)]
+    # 200 steps: 4 logging steps, 4 non-finite checks, some bar redraws; not one per step.
+    assert len(syncs) <= 30, syncs[:5]
+
+
+def test_augmentation_on_the_gpu_stays_in_bounds() -> None:
+    torch.manual_seed(0)
+    images = torch.rand(512, 3, 32, 32, device="cuda")
+    out = BatchAugment(crop_padding=4, hflip=True, rotation=15, color_jitter=0.4)(images)
+    assert out.device.type == "cuda" and out.shape == images.shape
+    assert out.min() >= 0 and out.max() <= 1 + 1e-6
+    assert not torch.allclose(out, images)
