@@ -344,13 +344,13 @@ def test_template_reaches_the_accuracy_of_the_per_sample_path(digits_root: Path,
 
 def test_benchmark_runs_and_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "bench.json"
-    argv = ["--quick", "--samples", "640", "--repeats", "1", "--runs", "A,B,B+fused,C", "--json", str(out)]
+    argv = ["--quick", "--samples", "640", "--repeats", "1", "--runs", "A,B,B+fused,B+clip,C", "--json", str(out)]
     assert benchmark.main([*argv, "--workdir", str(tmp_path / "work")]) == 0
     report = json.loads(out.read_text())
     runs = report["mlp"]["runs"]
-    assert set(runs) == {"A", "B", "B+fused", "C"}
+    assert set(runs) == {"A", "B", "B+fused", "B+clip", "C"}
     assert all(run["samples"] == 640 and run["median"] > 0 for run in runs.values())
-    assert {"C/A", "C/B", "C/B+fused"} <= set(report["mlp"]["ratios"])
+    assert {"C/A", "C/B", "C/B+fused", "C/B+clip"} <= set(report["mlp"]["ratios"])
     assert report["environment"]["torch_threads"] == torch.get_num_threads()
     table = capsys.readouterr().out
     assert "samples/s" in table and "C/A =" in table and "torch.get_num_threads()" in table

@@ -18,9 +18,10 @@ batch-transfer hooks, callbacks and logging), without parsing the command line, 
 end-of-epoch work (checkpoint writing); the whole ``trainer.fit`` is reported too. After training, every model is
 scored on the same normalized test images (outside the timed part), so that equal speed means equal work.
 
-Two more lines: **B+fused** is B with ``Adam(fused=True)``, the implementation the template picks (the gap between
-it and C is Lightning's own cost per step), and **C-noclip** is C without the gradient clipping the template's
-default configuration turns on (``gradient_clip_val: 1.0``), which A and B do not do: the same arithmetic as A and B.
+Three more lines: **B+fused** is B with ``Adam(fused=True)``, the implementation the template picks (the gap
+between it and C-noclip is Lightning's own cost per step); **B+clip** is B with the chapter's
+``clip_grad_norm_(parameters, 1.0)`` before every step, the same arithmetic as C, whose default configuration clips
+gradients (``gradient_clip_val: 1.0``); and **C-noclip** is C without that clipping: the same arithmetic as A and B.
 
 On a CUDA GPU (``--device cuda``), ResNet-18 too, at CIFAR-10's 32 px and at 224 px: images per second of a plain
 bf16-autocast, channels-last loop over synthetic batches already on the GPU, and of the template
@@ -103,8 +104,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="A smoke test: fewer samples, repeats and steps.")
     parser.add_argument(
         "--runs",
-        default="A,B,B+fused,C,C-noclip",
-        help="Which MLP runs, comma-separated, of A, B, B+fused, C, C-noclip (C without gradient clipping).",
+        default="A,B,B+fused,B+clip,C,C-noclip",
+        help="Which MLP runs, comma-separated, of A, B, B+fused, B+clip, C, C-noclip (C without gradient clipping).",
     )
     parser.add_argument("--no_gpu_models", action="store_true", help="Skip the ResNet-18 measurements on a GPU.")
     parser.add_argument("--gpu_batch_size", type=int, default=256, help="Batch size of the ResNet-18 runs.")
@@ -201,8 +202,11 @@ def textbook_mlp() -> nn.Sequential:
     )
 
 
-def textbook_fit(loader: Any, epochs: int, device: torch.device, fused: bool = False) -> tuple[float, nn.Module]:
-    """Train a fresh MLP with the chapter's loop; return the seconds of the epochs and the model."""
+def textbook_fit(
+    loader: Any, epochs: int, device: torch.device, fused: bool = False, clip: float | None = None
+) -> tuple[float, nn.Module]:
+    """Train a fresh MLP with the chapter's loop (clipping the gradient norm at ``clip`` if given); return the
+    seconds of the epochs and the model."""
     model = textbook_mlp().to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True if fused else None)
     criterion = nn.CrossEntropyLoss()
@@ -216,6 +220,8 @@ def textbook_fit(loader: Any, epochs: int, device: torch.device, fused: bool = F
             optimizer.zero_grad()
             loss = criterion(model(images), labels)
             loss.backward()
+            if clip:
+                nn.utils.clip_grad_norm_(model.parameters(), clip)
             optimizer.step()
     _sync(device)
     return time.perf_counter() - started, model
@@ -233,13 +239,13 @@ def run_a(ctx: Context, seed: int) -> RunResult:
     return RunResult(seconds, len(dataset) * ctx.args.epochs, ctx.score(model))
 
 
-def run_b(ctx: Context, seed: int, fused: bool = False) -> RunResult:
+def run_b(ctx: Context, seed: int, fused: bool = False, clip: float | None = None) -> RunResult:
     from torch.utils.data import DataLoader, TensorDataset
 
     torch.manual_seed(seed)
     data = ctx.tensors
     loader = DataLoader(TensorDataset(data.train_x, data.train_y), batch_size=ctx.args.batch_size, shuffle=True)
-    seconds, model = textbook_fit(loader, ctx.args.epochs, ctx.device, fused=fused)
+    seconds, model = textbook_fit(loader, ctx.args.epochs, ctx.device, fused=fused, clip=clip)
     return RunResult(seconds, len(data.train_y) * ctx.args.epochs, ctx.score(model))
 
 
@@ -314,6 +320,7 @@ MLP_RUNS: dict[str, tuple[str, Callable[..., RunResult]]] = {
     "A": ("textbook: torchvision MNIST, per-sample PIL → ToTensor → Normalize, DataLoader", run_a),
     "B": ("same loop over DataLoader(TensorDataset(normalized float tensors))", run_b),
     "B+fused": ("B with Adam(fused=True), as the template picks", lambda ctx, seed: run_b(ctx, seed, fused=True)),
+    "B+clip": ("B with clip_grad_norm_(1.0) each step, as C's defaults", lambda ctx, seed: run_b(ctx, seed, clip=1.0)),
     "C": ("template: TemplateCLI → MLP + MNISTDataModule + Trainer, default callbacks", run_c),
     "C-noclip": ("C with --trainer.gradient_clip_val 0 (no clipping, like A and B)", lambda c, s: run_c(c, s, False)),
 }
@@ -393,7 +400,7 @@ def benchmark_mlp(ctx: Context, log: Callable[[str], None]) -> dict[str, Any]:
             out[name][key] = [r.extra[key] for r in runs]
     ratios, best_ratios = {}, {}
     for top in ("C", "C-noclip"):
-        for bottom in ("A", "B", "B+fused"):
+        for bottom in ("A", "B", "B+fused", "B+clip"):
             if top in out and bottom in out:
                 ratios[f"{top}/{bottom}"] = out[top]["median"] / out[bottom]["median"]
                 best_ratios[f"{top}/{bottom}"] = out[top]["max"] / out[bottom]["max"]
