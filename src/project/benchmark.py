@@ -494,6 +494,7 @@ def template_resnet_rate(
         "--devices", "1",
         "--precision", "bf16-mixed" if device.type == "cuda" else "32-true",
         "--seed", str(args.seed),
+        "--dashboard_every", "0",  # no plots at the end of these runs: they are timed only while training
     ]  # fmt: skip
     if image_size != 32:
         argv += ["--data.image_size", str(image_size)]
