@@ -110,8 +110,11 @@ def test_kill_9_during_training_leaves_only_loadable_checkpoints(
     assert {path.name for path in _real_checkpoints(run)} == {"best.ckpt", "last.ckpt"}
     for path in _real_checkpoints(run):
         assert "state_dict" in torch.load(path, weights_only=True)
+    # last.ckpt is rewritten at every validation: resume from wherever it is and finish that epoch.
+    epoch = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["epoch"]
     monkeypatch.chdir(tmp_path)
-    assert main(["--resume", "last", "--trainer.max_epochs", "1", "--trainer.val_check_interval", "1.0"]) == 0
+    resume = ["--resume", "last", "--trainer.max_epochs", str(epoch + 1), "--trainer.val_check_interval", "1.0"]
+    assert main(resume) == 0
 
 
 @pytest.mark.parametrize("death", [OSError("No space left on device"), KeyboardInterrupt()])

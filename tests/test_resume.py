@@ -84,16 +84,52 @@ def test_resume_after_two_epochs_is_bit_identical_to_four_epochs(
     assert sorted(p.name for p in (tmp_path / "resumed" / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
 
 
-def test_resume_mid_epoch_after_a_signal_is_bit_identical(
+def test_last_checkpoint_is_the_end_of_the_run_when_val_acc_stops_improving(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, data_root: Path
 ) -> None:
-    common = [*DEEPNET, "--data.root", str(data_root), "--trainer.max_epochs", "2"]
-    stop_at = json.dumps([{"class_path": "test_resume.SignalAtStep", "init_args": {"step": 7}}])
+    # A learning rate of 1e-12 leaves the predictions (so val/acc) unchanged: only epoch 0 makes a new best.
+    args = ["--data.root", str(data_root), "--model.lr", "1e-12", "--trainer.max_epochs", "3", "--run_dir", "run"]
+    assert _run(tmp_path, monkeypatch, *args) == 0
+    checkpoints = tmp_path / "run" / "checkpoints"
+    best, last = (torch.load(checkpoints / name, weights_only=True) for name in ("best.ckpt", "last.ckpt"))
+    assert best["epoch"] == 0
+    assert (last["epoch"], last["global_step"]) == (2, 9)  # three epochs of three steps: what a resume continues
+    assert sorted(path.name for path in checkpoints.iterdir()) == ["best.ckpt", "last.ckpt"]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["checkpoints"] == {"best": str(checkpoints / "best.ckpt"), "last": str(checkpoints / "last.ckpt")}
+
+
+@pytest.mark.parametrize(
+    ("data", "stop_at_step", "batches_done"),
+    [
+        ("mnist", 7, 2),  # in memory, 5 steps per epoch: step 7 is the second batch of the second epoch
+        ("folder", 4, 1),  # image files through a DataLoader, 3 steps per epoch: the first batch of the second
+        ("folder-workers", 4, 1),  # the same with worker processes, which decode batches ahead
+    ],
+)
+def test_resume_mid_epoch_after_a_signal_is_bit_identical(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    data_root: Path,
+    folder_root: Path,
+    data: str,
+    stop_at_step: int,
+    batches_done: int,
+) -> None:
+    if data == "mnist":
+        source = ["--data.root", str(data_root)]
+    else:
+        workers = "2" if data == "folder-workers" else "0"
+        source = ["--data", "folder", "--data.root", str(folder_root), "--data.cache", "never"]
+        source += ["--data.num_workers", workers]
+    common = [*DEEPNET, *source, "--trainer.max_epochs", "2"]
+    stop_at = json.dumps([{"class_path": "test_resume.SignalAtStep", "init_args": {"step": stop_at_step}}])
     assert _run(tmp_path, monkeypatch, *common, "--run_dir", "straight") == 0
     assert _run(tmp_path, monkeypatch, *common, "--run_dir", "resumed", "--trainer.callbacks", stop_at) == 143
     interrupted = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=True)
-    assert interrupted["global_step"] == 7  # step 7 is in the middle of the second epoch (5 steps per epoch)
-    assert interrupted["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"epoch": 1, "batches_done": 2}]
+    assert interrupted["global_step"] == stop_at_step
+    loader_state = interrupted["loops"]["fit_loop"]["state_dict"]["combined_loader"]
+    assert loader_state == [{"epoch": 1, "batches_done": batches_done}]
     summary = json.loads((tmp_path / "resumed" / "summary.json").read_text())
     assert summary["interrupted"] and summary["signal"] == "SIGTERM" and summary["test_acc"] is None
 

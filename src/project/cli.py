@@ -33,7 +33,7 @@ import torch
 from jsonargparse import ArgumentError, Namespace
 from lightning import LightningDataModule, LightningModule, Trainer
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
@@ -301,15 +301,7 @@ class TemplateCLI(LightningCLI):
         """Checkpointing, learning-rate monitoring, RNG state, the non-finite loss check, SIGTERM/SIGINT handling,
         the dashboard, W&B hooks and the progress bar."""
         callbacks: list[Callback] = [
-            ModelCheckpoint(
-                dirpath=run_dir / rundir.CHECKPOINTS,
-                filename="best",
-                monitor="val/acc",
-                mode="max",
-                save_top_k=1,
-                save_last=True,
-                auto_insert_metric_name=False,
-            ),
+            *rundir.checkpoint_callbacks(run_dir / rundir.CHECKPOINTS),
             LearningRateMonitor(logging_interval="epoch"),
             RNGStateCheckpoint(),
             NonFiniteLossCheck(),  # before GracefulInterrupt: a non-finite step must not be checkpointed
@@ -356,7 +348,7 @@ def train(cli: TemplateCLI) -> dict[str, Any]:
         stopped_by = signal.SIGTERM
     checkpoint = trainer.checkpoint_callback
     best = checkpoint.best_model_path if checkpoint is not None else ""
-    last = _last_checkpoint(checkpoint)  # read before testing, which resets the callback's state
+    last = rundir.last_checkpoint_path(trainer)
     best_score = _float(checkpoint.best_model_score) if checkpoint is not None else None
     test_metrics: dict[str, float] = {}
     if not cli.config["no_test"] and not trainer.interrupted and stopped_by is None:
@@ -371,7 +363,7 @@ def train(cli: TemplateCLI) -> dict[str, Any]:
         "best_val_acc": best_score,
         "test_acc": test_metrics.get("test/acc"),
         "test_loss": test_metrics.get("test/loss"),
-        "checkpoints": {"best": best or None, "last": last},
+        "checkpoints": {"best": best or None, "last": last if os.path.isfile(last) else None},
         "seed": cli.config["seed_everything"],
         "precision": str(trainer.precision),
         "accelerator": type(trainer.accelerator).__name__.removesuffix("Accelerator").lower(),
@@ -391,12 +383,6 @@ def train(cli: TemplateCLI) -> dict[str, Any]:
 
 def _float(value: Any) -> float | None:
     return None if value is None else float(value)
-
-
-def _last_checkpoint(checkpoint: ModelCheckpoint | None) -> str | None:
-    if checkpoint is None or not checkpoint.last_model_path:
-        return None
-    return checkpoint.last_model_path if os.path.isfile(checkpoint.last_model_path) else None
 
 
 def _print_summary(summary: dict[str, Any]) -> None:

@@ -2,7 +2,7 @@
 
 runs/<model>-<data>-<YYYYmmdd-HHMMSS>/
     config.yaml          the resolved config (``--config`` it to repeat the run)
-    checkpoints/         best.ckpt (by val accuracy) and last.ckpt
+    checkpoints/         best.ckpt (by val accuracy) and last.ckpt (the end of the latest epoch)
     metrics.csv          the metrics log (CSV logger), or the TensorBoard / W&B files
     summary.json         the headline numbers, written when the run ends
 """
@@ -17,6 +17,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, Logger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
@@ -25,6 +27,7 @@ from project.errors import UserError
 
 SUMMARY = "summary.json"
 CHECKPOINTS = "checkpoints"
+LAST = "last"  # checkpoints/last.ckpt: the end of the latest epoch, or where a signal stopped the run
 CONFIG = "config.yaml"
 #: Lightning's DDP launcher starts ranks 1.. as copies of the command, with rank 0's environment: this variable
 #: tells them which run directory rank 0 chose, so that the ranks of one run share one directory.
@@ -87,6 +90,33 @@ def find_resume_checkpoint(resume: str, runs_root: str | os.PathLike[str]) -> tu
             "these weights, load them with project.checkpoint.load_model"
         )
     return run_dir, checkpoint
+
+
+def checkpoint_callbacks(checkpoints: str | os.PathLike[str]) -> list[ModelCheckpoint]:
+    """``best.ckpt`` (highest val accuracy) and ``last.ckpt`` (the end of the latest epoch) in ``checkpoints``.
+
+    Two callbacks, because Lightning's ``save_last`` rewrites ``last.ckpt`` only when the best checkpoint changes
+    (since 2.6): once validation accuracy stops improving, a resume would go back to the last improvement.
+    """
+    best = ModelCheckpoint(
+        dirpath=checkpoints,
+        filename="best",
+        monitor="val/acc",
+        mode="max",
+        save_top_k=1,
+        auto_insert_metric_name=False,
+    )
+    # No monitor and top-1: the newest checkpoint, always under the same name.
+    last = ModelCheckpoint(dirpath=checkpoints, filename=LAST, save_top_k=1, enable_version_counter=False)
+    return [best, last]
+
+
+def last_checkpoint_path(trainer: L.Trainer) -> str:
+    """Where this run's ``last.ckpt`` is (or will be) written: resumes, signals and error messages use it."""
+    for callback in trainer.checkpoint_callbacks:
+        if isinstance(callback, ModelCheckpoint) and callback.dirpath and callback.filename == LAST:
+            return os.path.join(callback.dirpath, LAST + callback.FILE_EXTENSION)
+    return os.path.join(trainer.default_root_dir, CHECKPOINTS, LAST + ModelCheckpoint.FILE_EXTENSION)
 
 
 def inherited_run_dir() -> Path | None:

@@ -9,6 +9,8 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from project import rundir
+
 
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite; the message names the step. The CLI exits with code 1."""
@@ -73,7 +75,7 @@ class NonFiniteLossCheck(Callback):
             f"the training loss is {float(values[first])} at step {step} (epoch {epoch}, batch {batch}): training "
             "diverged; lower --model.lr or keep --trainer.gradient_clip_val on"
         )
-        last = getattr(trainer.checkpoint_callback, "last_model_path", "")
-        if last and os.path.isfile(last):
+        last = rundir.last_checkpoint_path(trainer)
+        if os.path.isfile(last):
             message += f"; the last good checkpoint is {last}"
         raise NonFiniteLossError(message)

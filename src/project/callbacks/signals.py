@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import signal
 from types import FrameType
 from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback
 
 from project import rundir
 
@@ -66,7 +65,7 @@ class GracefulInterrupt(Callback):
         signum = self._agreed_signal(trainer)
         self._restore()
         if signum:
-            raise TrainingInterrupted(signum, getattr(trainer.checkpoint_callback, "last_model_path", ""))
+            raise TrainingInterrupted(signum, rundir.last_checkpoint_path(trainer))
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         self._restore()
@@ -84,7 +83,7 @@ class GracefulInterrupt(Callback):
         signum = self._agreed_signal(trainer)
         if not signum:
             return
-        path = last_checkpoint_path(trainer)
+        path = rundir.last_checkpoint_path(trainer)
         # On every rank: the strategy writes once, from rank 0. The full resumable state, optimizer and loops included.
         trainer.save_checkpoint(path)
         raise TrainingInterrupted(signum, path)
@@ -95,15 +94,3 @@ class GracefulInterrupt(Callback):
             return self.received or 0
         decision = torch.tensor(self.received or 0, device=trainer.strategy.root_device)
         return int(trainer.strategy.reduce(decision, reduce_op="max"))
-
-
-def last_checkpoint_path(trainer: L.Trainer) -> str:
-    """The path ModelCheckpoint writes ``last.ckpt`` to, so a later resume and ModelCheckpoint find it there."""
-    callback = trainer.checkpoint_callback
-    if isinstance(callback, ModelCheckpoint) and callback.dirpath:
-        path = callback.format_checkpoint_name({}, callback.CHECKPOINT_NAME_LAST)
-        # Set before saving, as ModelCheckpoint does, so the resumed callback overwrites this file instead of
-        # writing last-v1.ckpt next to it.
-        callback.last_model_path = path
-        return path
-    return os.path.join(trainer.default_root_dir, rundir.CHECKPOINTS, "last.ckpt")

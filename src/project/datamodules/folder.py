@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import io
+import itertools
 import math
 import os
 import warnings
@@ -292,13 +293,17 @@ class FolderDataModule(ImageDataModule):
         workers = self.hparams.num_workers
         # Lightning's seed_everything sets PL_GLOBAL_SEED; under DDP its DistributedSampler uses it too.
         seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
-        return DataLoader(
+        loader_class = ResumableDataLoader if shuffle else DataLoader
+        return loader_class(
             dataset,
             batch_size=self.batch_size if split == "train" else self.eval_batch_size,
             sampler=EpochSeededSampler(dataset, seed) if shuffle else None,
             num_workers=workers,
             persistent_workers=workers > 0,
             pin_memory=trainer is not None and trainer.strategy.root_device.type == "cuda",
+            # The workers' base seed is drawn from this generator, not from the global one: starting an epoch then
+            # leaves the global random state (dropout masks, augmentation) as it was, so a resumed run matches.
+            generator=torch.Generator().manual_seed(seed),
         )
 
     def train_dataloader(self) -> InMemoryLoader | DataLoader:
@@ -321,13 +326,50 @@ class EpochSeededSampler(RandomSampler):
     def __init__(self, data_source: Sized, seed: int) -> None:
         super().__init__(data_source)
         self.seed, self.epoch = seed, 0
+        self.skip = 0  # leading indices of the next iteration to leave out (a resume in the middle of an epoch)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __iter__(self) -> Iterator[int]:
         self.generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        return super().__iter__()
+        skip, self.skip = self.skip, 0
+        return itertools.islice(super().__iter__(), skip, None)
+
+
+class ResumableDataLoader(DataLoader):
+    """A ``DataLoader`` over an :class:`EpochSeededSampler` that resumes in the middle of an epoch.
+
+    Lightning saves :meth:`state_dict` (the batches handed out this epoch) in checkpoints and hands it back to
+    :meth:`load_state_dict` on resume; the epoch then goes on with the batches not trained on yet, which are those
+    the interrupted run would have seen next, since the order depends only on ``(seed, epoch)``. (Under DDP
+    Lightning swaps in its own ``DistributedSampler``; a resumed epoch then starts over, as with any DataLoader.)
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._yielded = 0  # batches handed out in the current epoch
+        self._resume_at: tuple[int, int] | None = None  # (epoch, batches done) from a checkpoint
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": getattr(self.sampler, "epoch", 0), "batches_done": self._yielded}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self._resume_at = (int(state["epoch"]), int(state["batches_done"]))
+
+    def __iter__(self) -> Iterator[Any]:
+        # A generator: this body runs at the first next(), after Lightning's set_epoch() and load_state_dict().
+        first = 0
+        if self._resume_at is not None:
+            epoch, done = self._resume_at
+            self._resume_at = None
+            if isinstance(self.sampler, EpochSeededSampler) and epoch == self.sampler.epoch:
+                first = done  # a checkpoint from an earlier epoch's end skips nothing
+                self.sampler.skip = done * self.batch_size
+        self._yielded = first
+        for batch in super().__iter__():
+            self._yielded += 1
+            yield batch
 
 
 class FolderImageDataset(Dataset):
