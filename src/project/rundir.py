@@ -27,7 +27,7 @@ from project.errors import UserError
 
 SUMMARY = "summary.json"
 CHECKPOINTS = "checkpoints"
-LAST = "last"  # checkpoints/last.ckpt: the end of the latest epoch, or where a signal stopped the run
+LAST = "last"  # checkpoints/last.ckpt: the latest validation (each epoch's end), or where a signal stopped the run
 CONFIG = "config.yaml"
 #: Lightning's DDP launcher starts ranks 1.. as copies of the command, with rank 0's environment: this variable
 #: tells them which run directory rank 0 chose, so that the ranks of one run share one directory.
