@@ -137,9 +137,9 @@ def test_training_run_writes_the_dashboard(tmp_path: Path, data_root: Path) -> N
 def test_ddp_dashboard_counts_every_process_samples(tmp_path: Path, data_root: Path) -> None:
     """Two CPU processes: the test set is split between them, the dashboard still covers all of it."""
     ddp = Path(__file__).resolve().parents[1] / "configs" / "trainer" / "ddp_cpu.yaml"
-    result = run_train(
-        ["--config", str(ddp), *TINY, "--dashboard_every", "1", "--data.root", str(data_root)], cwd=tmp_path
-    )
+    # With the progress bar on, as users run it: it is drawn by rank 0 and disabled on rank 1.
+    args = ["--config", str(ddp), *TINY, "--dashboard_every", "1", "--trainer.enable_progress_bar", "true"]
+    result = run_train([*args, "--data.root", str(data_root)], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     run = next((tmp_path / "runs").iterdir())
     rows = _per_class(run / "dashboard" / "test" / "per_class.csv")

@@ -56,7 +56,8 @@ class ThrottledRichProgressBar(RichProgressBar):
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if self._due(batch_idx, self.total_train_batches):
+        # Disabled on every process but rank 0: the totals below are then never set up (and nothing is drawn).
+        if not self.is_disabled and self._due(batch_idx, self.total_train_batches):
             loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
             if isinstance(loss, Tensor) and loss.numel() == 1:
                 self._step_loss = float(loss)  # the one host sync, a few times a second at most
@@ -71,7 +72,7 @@ class ThrottledRichProgressBar(RichProgressBar):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        if self._due(batch_idx, self.total_val_batches_current_dataloader):
+        if not self.is_disabled and self._due(batch_idx, self.total_val_batches_current_dataloader):
             super().on_validation_batch_end(trainer, pl_module, outputs, batch, batch_idx, dataloader_idx)
 
     def on_test_batch_end(
@@ -83,5 +84,5 @@ class ThrottledRichProgressBar(RichProgressBar):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        if self._due(batch_idx, self.total_test_batches_current_dataloader):
+        if not self.is_disabled and self._due(batch_idx, self.total_test_batches_current_dataloader):
             super().on_test_batch_end(trainer, pl_module, outputs, batch, batch_idx, dataloader_idx)
