@@ -13,8 +13,15 @@ import torch
 import yaml
 from conftest import quiet_trainer
 from PIL import Image
+from torch.utils.data import DistributedSampler, TensorDataset
 
-from project.datamodules.folder import FolderDataModule, FolderImageDataset, load_image
+from project.datamodules.folder import (
+    EpochSeededSampler,
+    FolderDataModule,
+    FolderImageDataset,
+    ResumableDataLoader,
+    load_image,
+)
 from project.errors import DataError
 from project.fakedata import write_image_folder
 
@@ -438,3 +445,38 @@ def test_hyperparameters_do_not_clash_with_the_models(tmp_path: Path) -> None:
     dm = _module(_folder(tmp_path))
     for model in (CNN(), MLP(), DeepNet()):
         assert not (set(model.hparams) & set(dm.hparams) - {"_class_path"}), type(model).__name__
+
+
+@pytest.mark.parametrize("sampler", ["epoch-seeded", "distributed"])
+def test_resumable_loader_continues_the_epoch_where_the_checkpoint_left_it(sampler: str) -> None:
+    dataset = TensorDataset(torch.arange(50))
+
+    def loader() -> ResumableDataLoader:
+        if sampler == "epoch-seeded":
+            order = EpochSeededSampler(dataset, seed=3)
+        else:  # what Lightning swaps in under DDP: the done batches are loaded and dropped instead of skipped
+            order = DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=True, seed=3)
+        return ResumableDataLoader(dataset, batch_size=8, sampler=order)
+
+    straight = loader()
+    straight.sampler.set_epoch(2)
+    batches = [batch[0].tolist() for batch in straight]
+    interrupted = loader()
+    interrupted.sampler.set_epoch(2)
+    iterator = iter(interrupted)
+    first = [next(iterator)[0].tolist() for _ in range(3)]
+    state = interrupted.state_dict()
+    assert first == batches[:3] and state == {"epoch": 2, "batches_done": 3}
+
+    resumed = loader()
+    resumed.load_state_dict(state)
+    resumed.sampler.set_epoch(2)
+    assert [batch[0].tolist() for batch in resumed] == batches[3:]
+    assert resumed.state_dict() == {"epoch": 2, "batches_done": len(batches)}
+    # The next epoch is whole again, and a checkpoint from another epoch skips nothing.
+    resumed.sampler.set_epoch(3)
+    assert sum(len(batch[0]) for batch in resumed) == 50
+    stale = loader()
+    stale.load_state_dict({"epoch": 1, "batches_done": 4})
+    stale.sampler.set_epoch(2)
+    assert [batch[0].tolist() for batch in stale] == batches

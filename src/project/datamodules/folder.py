@@ -338,12 +338,13 @@ class EpochSeededSampler(RandomSampler):
 
 
 class ResumableDataLoader(DataLoader):
-    """A ``DataLoader`` over an :class:`EpochSeededSampler` that resumes in the middle of an epoch.
+    """A ``DataLoader`` over a seeded sampler that resumes in the middle of an epoch.
 
     Lightning saves :meth:`state_dict` (the batches handed out this epoch) in checkpoints and hands it back to
     :meth:`load_state_dict` on resume; the epoch then goes on with the batches not trained on yet, which are those
-    the interrupted run would have seen next, since the order depends only on ``(seed, epoch)``. (Under DDP
-    Lightning swaps in its own ``DistributedSampler``; a resumed epoch then starts over, as with any DataLoader.)
+    the interrupted run would have seen next, since the order depends only on ``(seed, epoch)``. An
+    :class:`EpochSeededSampler` leaves the done ones out without reading them; with another sampler (Lightning's
+    ``DistributedSampler`` under DDP) they are loaded and dropped.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -359,15 +360,20 @@ class ResumableDataLoader(DataLoader):
 
     def __iter__(self) -> Iterator[Any]:
         # A generator: this body runs at the first next(), after Lightning's set_epoch() and load_state_dict().
-        first = 0
+        done, drop = 0, 0
         if self._resume_at is not None:
-            epoch, done = self._resume_at
+            epoch, batches = self._resume_at
             self._resume_at = None
-            if isinstance(self.sampler, EpochSeededSampler) and epoch == self.sampler.epoch:
-                first = done  # a checkpoint from an earlier epoch's end skips nothing
-                self.sampler.skip = done * self.batch_size
-        self._yielded = first
-        for batch in super().__iter__():
+            if epoch == getattr(self.sampler, "epoch", 0):  # a checkpoint from an earlier epoch's end skips nothing
+                done = batches
+                if isinstance(self.sampler, EpochSeededSampler):
+                    self.sampler.skip = done * self.batch_size
+                else:
+                    drop = done
+        self._yielded = done
+        for index, batch in enumerate(super().__iter__()):
+            if index < drop:
+                continue
             self._yielded += 1
             yield batch
 
