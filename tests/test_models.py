@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import math
 from pathlib import Path
 
@@ -74,7 +75,9 @@ def test_optimizers(optimizer: str) -> None:
 
 
 def test_warmup_cosine_rises_then_decays_to_zero() -> None:
-    schedule = _cosine(total_steps=100, warmup_steps=10)
+    schedule = _cosine(warmup_epochs=1)
+    assert schedule(0) == schedule(50) == 1.0  # until training starts and sets its length
+    schedule.total_steps, schedule.warmup_steps = 100, 10
     factors = [schedule(step) for step in range(101)]
     assert factors[0] < 0.1 and factors[9] < factors[10] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(factors[10:], factors[11:], strict=False))
@@ -106,6 +109,11 @@ def test_each_scheduler_runs_inside_the_trainer(tmp_path: Path, data_root: Path,
         assert final <= 0.01
     else:
         assert final < 0.01 * 0.05  # cosine decays towards zero by the last step
+    if scheduler == "warmup_cosine":
+        # 2 epochs of 10 steps, 1 of them warm-up: the first step trains at 1/11 of the learning rate.
+        with open(tmp_path / "metrics.csv", newline="") as file:
+            first = next(float(row["lr-Adam"]) for row in csv.DictReader(file) if row["lr-Adam"])
+        assert first == pytest.approx(0.01 / 11)
 
 
 def test_label_smoothing_changes_the_loss() -> None:
@@ -163,20 +171,30 @@ def test_resnet_weights_from_a_state_dict_file(tmp_path: Path) -> None:
 
 
 def test_unfreeze_at_epoch_adds_the_backbone_to_the_optimizer(tmp_path: Path, data_root: Path) -> None:
+    from lightning.pytorch.callbacks import Callback
+
     from project.datamodules import CIFAR10DataModule
 
-    model = ResNet(weights="imagenet", unfreeze_at_epoch=1, backbone_lr_ratio=0.1, lr=0.01)
+    modes: dict[int, set[bool]] = {0: set(), 1: set()}
+
+    class BatchNormMode(Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            modes[trainer.current_epoch].add(pl_module.network.layer1[0].bn1.training)
+
+    # The default per-step cosine schedule: the backbone's new parameter group must join it.
+    model = ResNet(weights="imagenet", unfreeze_at_epoch=1, backbone_lr_ratio=0.1, lr=0.01, scheduler="cosine")
     assert any(isinstance(callback, UnfreezeBackbone) for callback in model.configure_callbacks())
     data = CIFAR10DataModule(root=str(data_root), batch_size=16, val_size=0.1)
-    trainer = quiet_trainer(
-        max_epochs=2,
-        limit_train_batches=2,
-        limit_val_batches=1,
-    )
+    trainer = quiet_trainer(max_epochs=2, limit_train_batches=2, limit_val_batches=1, callbacks=[BatchNormMode()])
     trainer.fit(model, datamodule=data)
     groups = trainer.optimizers[0].param_groups
     assert len(groups) == 2 and groups[1]["lr"] == pytest.approx(groups[0]["lr"] * 0.1)
+    # It follows the head's schedule from the head's initial learning rate scaled by the ratio.
+    base_lrs = trainer.lr_scheduler_configs[0].scheduler.base_lrs
+    assert groups[1]["initial_lr"] == pytest.approx(0.001) and base_lrs == [0.01, pytest.approx(0.001)]
     assert all(parameter.requires_grad for parameter in model.parameters())
+    # Frozen, the backbone's BatchNorm layers normalize with their ImageNet statistics; unfrozen, they train.
+    assert modes == {0: {False}, 1: {True}}
     pretrained = ResNet(weights="imagenet", num_classes=10, input_shape=(3, 32, 32))
     pretrained.init_weights()
     # The backbone was trained in epoch 1, after the unfreeze.

@@ -235,20 +235,28 @@ class ImageClassifier(L.LightningModule):
             torch.nn.utils.clip_grads_with_norm_(params, gradient_clip_val, total)
 
     def on_train_start(self) -> None:
-        # A resumed run restores the schedule's length from the checkpoint; when the run was extended
-        # (--trainer.max_epochs raised), stretch it to the new length instead of training at learning rate 0.
-        total_steps = int(self.trainer.estimated_stepping_batches)
+        # The cosine schedules learn their length here, not in configure_optimizers: asking the trainer for the number
+        # of steps there loads the training data before a resumed run has restored the loader's position, and
+        # Lightning would then restart the interrupted epoch from its first batch. A resumed run restores the length
+        # from its checkpoint; when the run was extended (--trainer.max_epochs raised), the schedule is stretched to
+        # the new length instead of training at learning rate 0.
+        total_steps = max(1, int(self.trainer.estimated_stepping_batches))
+        epochs = max(1, self.trainer.max_epochs or 1)
         for config in self.trainer.lr_scheduler_configs:
             scheduler = config.scheduler
             schedules = getattr(scheduler, "lr_lambdas", [])
-            stale = [s for s in schedules if isinstance(s, _cosine) and s.total_steps != total_steps]
-            if not stale:
+            unfit = [s for s in schedules if isinstance(s, _cosine) and s.total_steps != total_steps]
+            if not unfit:
                 continue
-            rank_zero_warn(f"cosine schedule stretched from {stale[0].total_steps} to {total_steps} steps")
-            for schedule in stale:
+            if unfit[0].total_steps:
+                rank_zero_warn(f"cosine schedule stretched from {unfit[0].total_steps} to {total_steps} steps")
+            for schedule in unfit:
+                if not schedule.total_steps:  # a new run: the warm-up's length in steps too
+                    warmup = math.ceil(total_steps * schedule.warmup_epochs / epochs)
+                    schedule.warmup_steps = min(total_steps - 1, warmup)
                 schedule.total_steps = total_steps
-            groups = scheduler.optimizer.param_groups  # a group added later (unfrozen backbone) has no schedule
-            for group, base_lr, schedule in zip(groups, scheduler.base_lrs, schedules, strict=False):
+            groups = scheduler.optimizer.param_groups
+            for group, base_lr, schedule in zip(groups, scheduler.base_lrs, schedules, strict=True):
                 group["lr"] = base_lr * schedule(scheduler.last_epoch)
 
     def configure_optimizers(self) -> Any:
@@ -278,13 +286,9 @@ class ImageClassifier(L.LightningModule):
                 "optimizer": optimizer,
                 "lr_scheduler": {"scheduler": scheduler, "monitor": "val/acc", "interval": "epoch"},
             }
-        total_steps = max(1, int(self.trainer.estimated_stepping_batches))
-        if hp.scheduler == "cosine":
-            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine(total_steps, warmup_steps=0))
-        else:
-            epochs = max(1, self.trainer.max_epochs or 1)
-            warmup_steps = min(total_steps - 1, math.ceil(total_steps * hp.warmup_epochs / epochs))
-            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine(total_steps, warmup_steps))
+        # Per step; the schedule's length is set in on_train_start.
+        warmup_epochs = hp.warmup_epochs if hp.scheduler == "warmup_cosine" else 0
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine(warmup_epochs))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def _fused_optimizer(self, params: list[Tensor]) -> bool | None:
@@ -341,12 +345,18 @@ _FUSED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
 class _cosine:  # noqa: N801 - a picklable function object (LambdaLR saves plain attributes, not closures)
-    """Learning-rate factor: linear warm-up from ~0 to 1 over ``warmup_steps``, then cosine decay to 0."""
+    """Learning-rate factor: linear warm-up from ~0 to 1 over ``warmup_steps``, then cosine decay to 0.
 
-    def __init__(self, total_steps: int, warmup_steps: int) -> None:
-        self.total_steps, self.warmup_steps = total_steps, warmup_steps
+    Its length is set when training starts (:meth:`ImageClassifier.on_train_start`); until then the factor is 1.
+    """
+
+    def __init__(self, warmup_epochs: float = 0) -> None:
+        self.warmup_epochs = warmup_epochs
+        self.total_steps, self.warmup_steps = 0, 0
 
     def __call__(self, step: int) -> float:
+        if not self.total_steps:
+            return 1.0
         if step < self.warmup_steps:
             return (step + 1) / (self.warmup_steps + 1)
         progress = (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps)

@@ -97,10 +97,14 @@ class ResNet(ImageClassifier):
             return [UnfreezeBackbone(self.hparams.unfreeze_at_epoch, self.hparams.backbone_lr_ratio)]
         return []
 
+    def on_train_start(self) -> None:
+        super().on_train_start()
+        self.train()  # Lightning does not call train() itself; it keeps each layer's mode as it finds it
+
     def train(self, mode: bool = True) -> ResNet:
         super().train(mode)
-        # A frozen backbone keeps its ImageNet BatchNorm statistics: Lightning puts the module in train mode
-        # every epoch, so eval mode is restored here for the frozen layers.
+        # A frozen backbone keeps its ImageNet BatchNorm statistics and uses them while training, as it will when
+        # evaluating: its BatchNorm layers stay in eval mode (Lightning restores each layer's mode after validation).
         if mode and self.network is not None:
             for module in self.backbone.modules():
                 if isinstance(module, nn.modules.batchnorm._BatchNorm) and not module.weight.requires_grad:
