@@ -214,3 +214,13 @@ def test_cpu_gradient_clipping_equals_clip_grad_norm(scale: float) -> None:
     torch.nn.utils.clip_grad_norm_(reference, max_norm=1.0)
     for parameter, copy in zip(model.parameters(), reference, strict=True):
         torch.testing.assert_close(parameter.grad, copy.grad, rtol=0, atol=0, equal_nan=True)
+
+
+def test_warm_up_counts_epochs_of_steps_when_training_is_limited_by_steps(data_root: Path) -> None:
+    # max_steps instead of max_epochs: one warm-up epoch is still one epoch of steps (10 here), not the whole run.
+    model = MLP(hidden_sizes=[32], scheduler="warmup_cosine", warmup_epochs=1, lr=0.01)
+    data = MNISTDataModule(root=str(data_root), batch_size=32, val_size=0.2)
+    trainer = quiet_trainer(max_epochs=-1, max_steps=30, limit_val_batches=0)
+    trainer.fit(model, datamodule=data)
+    schedule = trainer.lr_scheduler_configs[0].scheduler.lr_lambdas[0]
+    assert (schedule.total_steps, schedule.warmup_steps) == (30, 10)

@@ -240,9 +240,11 @@ class ImageClassifier(L.LightningModule):
         # Lightning would then restart the interrupted epoch from its first batch. A resumed run restores the length
         # from its checkpoint; when the run was extended (--trainer.max_epochs raised), the schedule is stretched to
         # the new length instead of training at learning rate 0.
-        total_steps = max(1, int(self.trainer.estimated_stepping_batches))
-        epochs = max(1, self.trainer.max_epochs or 1)
-        for config in self.trainer.lr_scheduler_configs:
+        trainer = self.trainer
+        total_steps = max(1, int(trainer.estimated_stepping_batches))
+        batches = trainer.num_training_batches
+        steps_per_epoch = math.ceil(batches / trainer.accumulate_grad_batches) if math.isfinite(batches) else None
+        for config in trainer.lr_scheduler_configs:
             scheduler = config.scheduler
             schedules = getattr(scheduler, "lr_lambdas", [])
             unfit = [s for s in schedules if isinstance(s, _cosine) and s.total_steps != total_steps]
@@ -252,8 +254,8 @@ class ImageClassifier(L.LightningModule):
                 rank_zero_warn(f"cosine schedule stretched from {unfit[0].total_steps} to {total_steps} steps")
             for schedule in unfit:
                 if not schedule.total_steps:  # a new run: the warm-up's length in steps too
-                    warmup = math.ceil(total_steps * schedule.warmup_epochs / epochs)
-                    schedule.warmup_steps = min(total_steps - 1, warmup)
+                    epoch_steps = steps_per_epoch or total_steps / max(1, trainer.max_epochs or 1)
+                    schedule.warmup_steps = min(total_steps - 1, math.ceil(schedule.warmup_epochs * epoch_steps))
                 schedule.total_steps = total_steps
             groups = scheduler.optimizer.param_groups
             for group, base_lr, schedule in zip(groups, scheduler.base_lrs, schedules, strict=True):
