@@ -25,7 +25,48 @@ NormalizeMode = Literal["auto", "dataset", "imagenet", "none"]
 IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 
-class InMemoryLoader:
+class EpochPosition:
+    """What a loader needs to resume in the middle of an epoch: the number of batches it handed out in this one.
+
+    Lightning saves :meth:`state_dict` in checkpoints and hands it back to :meth:`load_state_dict` on resume (it
+    fetches no batch ahead from a loader that has a length, so when a checkpoint is written the batches handed out
+    are exactly those trained on). A subclass says which epoch it is in (:meth:`_epoch`), calls
+    :meth:`_begin_epoch` when an epoch's iteration starts, skips the batches it returns, and counts each batch it
+    hands out in ``_yielded``.
+    """
+
+    _yielded = 0  # batches handed out in the current epoch
+    _resume_at: tuple[int, int] | None = None  # (epoch, batches done) from a checkpoint
+
+    def _epoch(self) -> int:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self._epoch(), "batches_done": self._yielded}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self._resume_at = (int(state["epoch"]), int(state["batches_done"]))
+
+    def _begin_epoch(self) -> int:
+        """The batches of this epoch already trained on, from a checkpoint of this epoch (else 0); counting starts
+        there."""
+        done = 0
+        if self._resume_at is not None:
+            epoch, batches = self._resume_at
+            self._resume_at = None
+            if epoch == self._epoch():  # a checkpoint from an earlier epoch's end skips nothing
+                done = batches
+        self._yielded = done
+        return done
+
+
+def loader_seed() -> int:
+    """The seed of the training order: Lightning's ``seed_everything`` sets ``PL_GLOBAL_SEED`` (and under DDP its
+    ``DistributedSampler`` uses it too)."""
+    return int(os.environ.get("PL_GLOBAL_SEED", 0))
+
+
+class InMemoryLoader(EpochPosition):
     """Batches of ``(images[idx], labels[idx])`` for consecutive slices ``idx`` of a (shuffled) index.
 
     The order of epoch ``e`` is ``randperm(n)`` seeded with ``seed + e``: identical across runs, resumes and
@@ -33,8 +74,8 @@ class InMemoryLoader:
     order is padded (like ``DistributedSampler``) so every rank runs the same number of steps, the evaluation
     order is not, so each sample is scored exactly once.
 
-    The loader is resumable mid-epoch: Lightning saves :meth:`state_dict` in checkpoints and hands it back to
-    :meth:`load_state_dict` on resume; the next iteration of that epoch skips the batches already trained on.
+    The loader is resumable mid-epoch (:class:`EpochPosition`): the next iteration of the epoch a checkpoint was
+    written in skips the batches already trained on.
     """
 
     def __init__(
@@ -54,8 +95,6 @@ class InMemoryLoader:
         self.batch_size, self.shuffle, self.seed, self.drop_last = batch_size, shuffle, seed, drop_last
         self.rank, self.world_size = rank, world_size
         self.epoch = 0
-        self._yielded = 0  # batches handed out in the current epoch
-        self._resume_at: tuple[int, int] | None = None  # (epoch, batches done) from a checkpoint
 
     #: Lightning inspects these DataLoader attributes; there is no batch sampler to wrap.
     batch_sampler = None
@@ -69,13 +108,8 @@ class InMemoryLoader:
         self.epoch = epoch
         self._yielded = 0
 
-    def state_dict(self) -> dict[str, int]:
-        # Lightning fetches no batch ahead from a loader that has a length, so when a checkpoint is written the
-        # batches handed out are exactly those trained on (tests/test_resume.py checks this end to end).
-        return {"epoch": self.epoch, "batches_done": self._yielded}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self._resume_at = (int(state["epoch"]), int(state["batches_done"]))
+    def _epoch(self) -> int:
+        return self.epoch
 
     def _num_samples(self) -> int:
         n = len(self.labels)
@@ -105,12 +139,7 @@ class InMemoryLoader:
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         # A generator: this body runs at the first next(), after Lightning's set_epoch() and load_state_dict().
-        first = 0
-        if self._resume_at is not None:
-            epoch, done = self._resume_at
-            self._resume_at = None
-            first = done if epoch == self.epoch else 0  # a checkpoint from an earlier epoch's end skips nothing
-        self._yielded = first
+        first = self._begin_epoch()
         if not self.shuffle and self.world_size == 1:
             # Evaluation in order: slices are views, nothing is copied.
             for start in range(first * self.batch_size, len(self) * self.batch_size, self.batch_size):
@@ -256,9 +285,8 @@ class ImageDataModule(L.LightningDataModule):
         # Kept on the training device: MNIST is 47 MB and CIFAR-10 150 MB as uint8, far below any GPU's memory.
         images, labels = images.to(device), labels.to(device)
         self.splits[split] = (images, labels)
-        seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
         batch_size = self.batch_size if split == "train" else self.eval_batch_size
-        return InMemoryLoader(images, labels, batch_size, shuffle, seed, rank=rank, world_size=world_size)
+        return InMemoryLoader(images, labels, batch_size, shuffle, loader_seed(), rank=rank, world_size=world_size)
 
     def train_dataloader(self) -> InMemoryLoader:
         return self._loader("train", shuffle=True)

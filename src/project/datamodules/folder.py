@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler
 from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms.v2 import functional as TF
 
-from project.datamodules.base import ImageDataModule, InMemoryLoader
+from project.datamodules.base import EpochPosition, ImageDataModule, InMemoryLoader, loader_seed
 from project.datamodules.transforms import Normalize
 from project.errors import DataError, first_line
 
@@ -179,7 +179,7 @@ class FolderDataModule(ImageDataModule):
             for split, fraction in carve.items():
                 if fraction > 0 and not items[split]:
                     raise DataError(
-                        f"--data.{split}_fraction {fraction} of the {len(scan.items['train'])} images in "
+                        f"--data.{split}_size {fraction} of the {len(scan.items['train'])} images in "
                         f"{self.root} gives an empty {split} split: add images, raise it, or set it to 0"
                     )
             self._split_items = {split: items[split] for split in SPLITS}
@@ -291,8 +291,7 @@ class FolderDataModule(ImageDataModule):
         dataset = FolderImageDataset(paths, labels, channels, size, self.hparams.max_image_pixels)
         trainer = self.trainer
         workers = self.hparams.num_workers
-        # Lightning's seed_everything sets PL_GLOBAL_SEED; under DDP its DistributedSampler uses it too.
-        seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+        seed = loader_seed()
         loader_class = ResumableDataLoader if shuffle else DataLoader
         return loader_class(
             dataset,
@@ -337,40 +336,26 @@ class EpochSeededSampler(RandomSampler):
         return itertools.islice(super().__iter__(), skip, None)
 
 
-class ResumableDataLoader(DataLoader):
-    """A ``DataLoader`` over a seeded sampler that resumes in the middle of an epoch.
+class ResumableDataLoader(EpochPosition, DataLoader):
+    """A ``DataLoader`` over a seeded sampler that resumes in the middle of an epoch (:class:`EpochPosition`).
 
-    Lightning saves :meth:`state_dict` (the batches handed out this epoch) in checkpoints and hands it back to
-    :meth:`load_state_dict` on resume; the epoch then goes on with the batches not trained on yet, which are those
-    the interrupted run would have seen next, since the order depends only on ``(seed, epoch)``. An
-    :class:`EpochSeededSampler` leaves the done ones out without reading them; with another sampler (Lightning's
-    ``DistributedSampler`` under DDP) they are loaded and dropped.
+    The epoch then goes on with the batches not trained on yet, which are those the interrupted run would have seen
+    next, since the order depends only on ``(seed, epoch)``. An :class:`EpochSeededSampler` leaves the done ones out
+    without reading them; with another sampler (Lightning's ``DistributedSampler`` under DDP) they are loaded and
+    dropped.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._yielded = 0  # batches handed out in the current epoch
-        self._resume_at: tuple[int, int] | None = None  # (epoch, batches done) from a checkpoint
-
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": getattr(self.sampler, "epoch", 0), "batches_done": self._yielded}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self._resume_at = (int(state["epoch"]), int(state["batches_done"]))
+    def _epoch(self) -> int:
+        return getattr(self.sampler, "epoch", 0)
 
     def __iter__(self) -> Iterator[Any]:
         # A generator: this body runs at the first next(), after Lightning's set_epoch() and load_state_dict().
-        done, drop = 0, 0
-        if self._resume_at is not None:
-            epoch, batches = self._resume_at
-            self._resume_at = None
-            if epoch == getattr(self.sampler, "epoch", 0):  # a checkpoint from an earlier epoch's end skips nothing
-                done = batches
-                if isinstance(self.sampler, EpochSeededSampler):
-                    self.sampler.skip = done * self.batch_size
-                else:
-                    drop = done
-        self._yielded = done
+        done = self._begin_epoch()
+        drop = 0
+        if isinstance(self.sampler, EpochSeededSampler):
+            self.sampler.skip = done * self.batch_size
+        else:
+            drop = done
         for index, batch in enumerate(super().__iter__()):
             if index < drop:
                 continue
