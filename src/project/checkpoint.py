@@ -59,7 +59,11 @@ def _reason(error: BaseException) -> str:
 
 def load_model(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> L.LightningModule:
     """Rebuild the LightningModule saved in a checkpoint of this template, from the checkpoint alone."""
-    checkpoint = load_checkpoint_file(path, map_location)
+    return model_from_checkpoint(load_checkpoint_file(path, map_location), path)
+
+
+def model_from_checkpoint(checkpoint: dict[str, Any], path: str | os.PathLike[str]) -> L.LightningModule:
+    """:func:`load_model` for a checkpoint already read with :func:`load_checkpoint_file` from ``path``."""
     hparams = dict(checkpoint.get("hyper_parameters") or {})
     class_path = hparams.pop("_class_path", None)
     hparams.pop("_instantiator", None)

@@ -47,7 +47,7 @@ from project.callbacks.rng_state import RNGStateCheckpoint
 from project.callbacks.signals import GracefulInterrupt, TrainingInterrupted
 from project.checkpoint import load_checkpoint_file
 from project.errors import UserError
-from project.loggers import WandbOptions, finish_wandb, make_loggers, wandb_callbacks
+from project.loggers import WANDB_RUN_ID_KEY, WandbOptions, finish_wandb, make_loggers, wandb_callbacks
 
 PACKAGE_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 DEFAULT_MODEL = "mlp"
@@ -142,7 +142,7 @@ def expand_args(argv: list[str]) -> list[str]:
     if resume is not None:
         run_dir, _ = rundir.find_resume_checkpoint(resume, _flag_value(out, "--trainer.default_root_dir") or "runs")
         # The run's own config comes right after the defaults: the run continues as it was configured.
-        defaults += ["--config", str(run_dir / "config.yaml"), "--run_dir", str(run_dir)]
+        defaults += ["--config", str(run_dir / rundir.CONFIG), "--run_dir", str(run_dir)]
     return defaults + out
 
 
@@ -278,7 +278,7 @@ class TemplateCLI(LightningCLI):
         # The checkpoint is read now, so that a bad file fails before training, to continue metrics.csv from its
         # step and the W&B run from its id.
         resumed = load_checkpoint_file(self.ckpt_path) if self.ckpt_path else {}
-        wandb_id = resumed.get("wandb_run_id") if config["logger"] == "wandb" else None
+        wandb_id = resumed.get(WANDB_RUN_ID_KEY) if config["logger"] == "wandb" else None
         kwargs["logger"] = make_loggers(config["logger"], self.run_dir, WandbOptions(**config["wandb"]), wandb_id)
         rundir.continue_metrics_log(kwargs["logger"], int(resumed.get("global_step", 0)))
         kwargs["default_root_dir"] = str(self.run_dir)

@@ -27,7 +27,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from project import rundir
 from project.callbacks.dashboard import ClassificationDashboard
 from project.callbacks.progress import ThrottledRichProgressBar
-from project.checkpoint import load_checkpoint_file, load_model
+from project.checkpoint import load_checkpoint_file, model_from_checkpoint
 from project.cli import short_names
 from project.errors import UserError, first_line
 
@@ -51,9 +51,8 @@ def run_main(main: Callable[[list[str]], int], argv: Sequence[str] | None) -> in
 
 
 def checkpoint_run_dir(checkpoint: str | Path) -> Path:
-    """The run directory a checkpoint belongs to: ``runs/<run>`` for ``runs/<run>/checkpoints/x.ckpt``."""
-    path = Path(checkpoint).resolve()
-    return path.parent.parent if path.parent.name == rundir.CHECKPOINTS else path.parent
+    """The run directory a checkpoint belongs to (:func:`project.rundir.run_dir_of`), as an absolute path."""
+    return rundir.run_dir_of(Path(checkpoint).resolve())
 
 
 # ---------------------------------------------------------------------------------------------- the data
@@ -147,7 +146,7 @@ def evaluate(
     """Test ``checkpoint`` on its data (or ``data``); write and return the result (``test_acc``, ``test_loss``)."""
     saved = load_checkpoint_file(checkpoint)
     class_path, init_args = data_config(saved, data, overrides)
-    model = load_model(checkpoint)
+    model = model_from_checkpoint(saved, checkpoint)  # the file is read once
     datamodule = make_datamodule(class_path, init_args)
     _check_compatible(model, datamodule)
     output = Path(output) if output else checkpoint_run_dir(checkpoint) / "eval" / "eval.json"

@@ -21,6 +21,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
+from project import rundir
 from project.errors import UserError
 
 #: Checkpoint key holding the W&B run id, so that ``--resume`` continues the same W&B run.
@@ -96,7 +97,7 @@ def _wandb_logger(run_dir: Path, options: WandbOptions, wandb_id: str | None) ->
     mode = wandb_mode(options.mode)
     env_tags = [tag for tag in os.environ.get("WANDB_TAGS", "").split(",") if tag]
     return ConfigWandbLogger(
-        config_file=run_dir / "config.yaml",
+        config_file=run_dir / rundir.CONFIG,
         name=options.name or os.environ.get("WANDB_NAME") or run_dir.name,
         save_dir=str(run_dir),
         project=options.project or os.environ.get("WANDB_PROJECT") or "project",
@@ -138,7 +139,7 @@ class ConfigWandbLogger(WandbLogger):
         config = yaml.safe_load(self.config_file.read_text()) or {}
         self.experiment.config.update(config, allow_val_change=True)
         artifact = wandb.Artifact(f"config-{self.experiment.id}", type="config")
-        artifact.add_file(str(self.config_file), name="config.yaml")
+        artifact.add_file(str(self.config_file), name=rundir.CONFIG)
         self.experiment.log_artifact(artifact)
         self._config_logged = True
 

@@ -28,6 +28,7 @@ from project.errors import UserError
 SUMMARY = "summary.json"
 CHECKPOINTS = "checkpoints"
 LAST = "last"  # checkpoints/last.ckpt: the latest validation (each epoch's end), or where a signal stopped the run
+LAST_FILE = LAST + ModelCheckpoint.FILE_EXTENSION
 CONFIG = "config.yaml"
 #: Lightning's DDP launcher starts ranks 1.. as copies of the command, with rank 0's environment: this variable
 #: tells them which run directory rank 0 chose, so that the ranks of one run share one directory.
@@ -66,21 +67,21 @@ def find_resume_checkpoint(resume: str, runs_root: str | os.PathLike[str]) -> tu
     Only the location is checked here; the checkpoint itself is loaded (and refused if bad) before training.
     """
     if resume == "last":
-        runs = [p for p in Path(runs_root).glob("*/") if (p / CHECKPOINTS / "last.ckpt").is_file()]
+        runs = [p for p in Path(runs_root).glob("*/") if (p / CHECKPOINTS / LAST_FILE).is_file()]
         if not runs:
             raise UserError(f"--resume last: no run with checkpoints/last.ckpt under {runs_root}")
-        run_dir = max(runs, key=lambda p: (p / CHECKPOINTS / "last.ckpt").stat().st_mtime)
-        return run_dir, run_dir / CHECKPOINTS / "last.ckpt"
+        run_dir = max(runs, key=lambda p: (p / CHECKPOINTS / LAST_FILE).stat().st_mtime)
+        return run_dir, run_dir / CHECKPOINTS / LAST_FILE
     path = Path(resume)
     if path.is_dir():
-        run_dir, checkpoint = path, path / CHECKPOINTS / "last.ckpt"
+        run_dir, checkpoint = path, path / CHECKPOINTS / LAST_FILE
         if not checkpoint.is_file():
             raise UserError(
                 f"--resume {resume}: {checkpoint} does not exist (the run stopped before its first checkpoint?); "
                 "start a new run instead"
             )
     elif path.is_file():
-        run_dir, checkpoint = (path.parent.parent if path.parent.name == CHECKPOINTS else path.parent), path
+        run_dir, checkpoint = run_dir_of(path), path
     else:
         raise UserError(f"--resume {resume}: no such run directory or checkpoint file")
     if not (run_dir / CONFIG).is_file():
@@ -90,6 +91,13 @@ def find_resume_checkpoint(resume: str, runs_root: str | os.PathLike[str]) -> tu
             "these weights, load them with project.checkpoint.load_model"
         )
     return run_dir, checkpoint
+
+
+def run_dir_of(checkpoint: str | os.PathLike[str]) -> Path:
+    """The run directory a checkpoint belongs to: ``runs/<run>`` for ``runs/<run>/checkpoints/x.ckpt``, else its
+    folder."""
+    path = Path(checkpoint)
+    return path.parent.parent if path.parent.name == CHECKPOINTS else path.parent
 
 
 def checkpoint_callbacks(checkpoints: str | os.PathLike[str]) -> list[ModelCheckpoint]:
@@ -115,8 +123,8 @@ def last_checkpoint_path(trainer: L.Trainer) -> str:
     """Where this run's ``last.ckpt`` is (or will be) written: resumes, signals and error messages use it."""
     for callback in trainer.checkpoint_callbacks:
         if isinstance(callback, ModelCheckpoint) and callback.dirpath and callback.filename == LAST:
-            return os.path.join(callback.dirpath, LAST + callback.FILE_EXTENSION)
-    return os.path.join(trainer.default_root_dir, CHECKPOINTS, LAST + ModelCheckpoint.FILE_EXTENSION)
+            return os.path.join(callback.dirpath, LAST_FILE)
+    return os.path.join(trainer.default_root_dir, CHECKPOINTS, LAST_FILE)
 
 
 def inherited_run_dir() -> Path | None:
