@@ -52,6 +52,17 @@ def _val_rows(run: Path) -> list[tuple[str, ...]]:
         ]
 
 
+def _straight_and_interrupted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], step: int
+) -> dict[str, Any]:
+    """Run ``args`` into ``straight/``, and into ``resumed/`` until a SIGTERM after ``step`` (exit 143); return the
+    checkpoint that run wrote when it stopped."""
+    stop_at = json.dumps([{"class_path": "test_resume.SignalAtStep", "init_args": {"step": step}}])
+    assert _run(tmp_path, monkeypatch, *args, "--run_dir", "straight") == 0
+    assert _run(tmp_path, monkeypatch, *args, "--run_dir", "resumed", "--trainer.callbacks", stop_at) == 143
+    return torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=True)
+
+
 def assert_same_training(run: Path, reference: Path) -> None:
     """Same step, same weights, buffers and optimizer state (bit for bit), same validation metrics."""
     last, expected = (torch.load(r / "checkpoints" / "last.ckpt", weights_only=True) for r in (run, reference))
@@ -125,10 +136,7 @@ def test_resume_mid_epoch_after_a_signal_is_bit_identical(
     # With the per-step cosine schedule (same max_epochs in both runs): asking for its length once loaded the data
     # too early for Lightning to restore the loader's position.
     common = [*DEEPNET, *source, "--trainer.max_epochs", "2", "--model.scheduler", "cosine"]
-    stop_at = json.dumps([{"class_path": "test_resume.SignalAtStep", "init_args": {"step": stop_at_step}}])
-    assert _run(tmp_path, monkeypatch, *common, "--run_dir", "straight") == 0
-    assert _run(tmp_path, monkeypatch, *common, "--run_dir", "resumed", "--trainer.callbacks", stop_at) == 143
-    interrupted = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=True)
+    interrupted = _straight_and_interrupted(tmp_path, monkeypatch, common, stop_at_step)
     assert interrupted["global_step"] == stop_at_step
     loader_state = interrupted["loops"]["fit_loop"]["state_dict"]["combined_loader"]
     assert loader_state == [{"epoch": 1, "batches_done": batches_done}]
@@ -209,9 +217,7 @@ def test_resume_after_the_backbone_was_unfrozen_is_bit_identical(
     # new parameter group joins the schedule, and a run stopped after that resumes both exactly.
     common = ["--model", "resnet", "--model.unfreeze_at_epoch", "1", "--data", "cifar10", "--data.root", str(data_root)]
     common += ["--trainer.max_epochs", "3"]
-    stop_at = json.dumps([{"class_path": "test_resume.SignalAtStep", "init_args": {"step": 7}}])
-    assert _run(tmp_path, monkeypatch, *common, "--run_dir", "straight") == 0
-    assert _run(tmp_path, monkeypatch, *common, "--run_dir", "resumed", "--trainer.callbacks", stop_at) == 143
+    assert _straight_and_interrupted(tmp_path, monkeypatch, common, 7)["global_step"] == 7
     assert _run(tmp_path, monkeypatch, "--resume", "resumed", "--trainer.callbacks", "[]") == 0
     assert_same_training(tmp_path / "resumed", tmp_path / "straight")
     last = torch.load(tmp_path / "straight" / "checkpoints" / "last.ckpt", weights_only=True)
