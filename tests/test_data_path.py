@@ -26,6 +26,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from project import benchmark
 from project.datamodules.base import InMemoryLoader
+from project.datamodules.cifar10 import CIFAR10DataModule
 from project.datamodules.mnist import MNISTDataModule
 from project.datamodules.transforms import (
     BatchAugment,
@@ -207,6 +208,21 @@ def test_flip_mirrors_about_half_of_the_images() -> None:
     assert 0.45 < mirrored.float().mean().item() < 0.55
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.uint8])
+def test_crop_with_flip_is_the_crop_then_the_flip_in_one_pass(dtype: torch.dtype) -> None:
+    images = (torch.rand(300, 3, 9, 11) * 255).to(dtype)
+    torch.manual_seed(3)
+    fused = RandomCropPadded(3, hflip=True)(images)
+    torch.manual_seed(3)
+    sequential = RandomHorizontalFlip()(RandomCropPadded(3)(images))
+    assert fused.dtype == dtype and torch.equal(fused, sequential)
+    # And the flip happened to about half of them: mirrored windows are not windows of the unflipped image.
+    torch.manual_seed(3)
+    unflipped = RandomCropPadded(3)(images)
+    flipped = ~(fused == unflipped).flatten(1).all(dim=1)
+    assert 0.35 < flipped.float().mean().item() < 0.65
+
+
 def test_rotation_keeps_the_centre_pixel_and_the_range() -> None:
     torch.manual_seed(0)
     images = torch.rand(64, 3, 33, 33)
@@ -232,7 +248,8 @@ def test_color_jitter_stays_in_range(channels: int) -> None:
 def test_augmentation_runs_only_in_training(mnist: MNISTDataModule) -> None:
     dm = MNISTDataModule(root=mnist.root, batch_size=16, val_size=0, crop_padding=2, hflip=True, download=False)
     dm.setup("fit")
-    assert len(dm.augment) == 2 and isinstance(dm.augment, BatchAugment)
+    assert isinstance(dm.augment, BatchAugment) and [type(op) for op in dm.augment] == [RandomCropPadded]
+    assert dm.augment[0].padding == 2 and dm.augment[0].hflip  # the flip runs in the crop's pass
     images, labels = next(iter(dm.train_dataloader()))
     plain = (images.float() / 255 - MEAN) / STD
     # Without a training trainer (evaluation, prediction): no augmentation, only normalization.
@@ -248,6 +265,34 @@ def test_augmentation_runs_only_in_training(mnist: MNISTDataModule) -> None:
     assert out.shape == plain.shape and not torch.allclose(out, plain)
     # Augmented in [0, 1], then normalized: the values stay within the normalized range of [0, 1].
     assert out.min() >= -MEAN / STD - 1e-6 and out.max() <= (1 - MEAN) / STD + 1e-6
+    # Crop and flip ran on the uint8 batch (a quarter of the bytes): the same pixels as on the float images.
+    torch.manual_seed(1)
+    expected = (dm.augment(images.float() / 255) - MEAN) / STD
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
+
+
+def test_training_batch_comes_in_the_network_memory_layout(data_root: Path) -> None:
+    # A conv net on a GPU wants channels-last input; the augmented, resized path writes it in that layout directly.
+    dm = CIFAR10DataModule(
+        root=str(data_root), batch_size=8, val_size=0, crop_padding=4, hflip=True, image_size=40, download=False
+    )
+    dm.setup("fit")
+    images, labels = next(iter(dm.train_dataloader()))
+
+    class Training:
+        training = True
+        lightning_module = type("Model", (), {"input_memory_format": torch.channels_last})()
+
+    dm.trainer = Training()
+    torch.manual_seed(2)
+    out = dm.on_after_batch_transfer((images, labels), 0)[0]
+    assert out.shape == (8, 3, 40, 40) and out.is_contiguous(memory_format=torch.channels_last)
+    torch.manual_seed(2)
+    resized = torch.nn.functional.interpolate(
+        images.float() / 255, size=(40, 40), mode="bilinear", antialias=True, align_corners=False
+    )
+    expected = dm.normalizer(dm.augment(resized))
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------- per-step cost

@@ -213,7 +213,14 @@ def test_cpu_gradient_clipping_equals_clip_grad_norm(scale: float) -> None:
     model.configure_gradient_clipping(optimizer, gradient_clip_val=1.0, gradient_clip_algorithm="norm")
     torch.nn.utils.clip_grad_norm_(reference, max_norm=1.0)
     for parameter, copy in zip(model.parameters(), reference, strict=True):
-        torch.testing.assert_close(parameter.grad, copy.grad, rtol=0, atol=0, equal_nan=True)
+        # Within bounds: untouched, bit for bit. Clipped: the norm is summed differently (float64), so equal to the
+        # rounding of PyTorch's float32 norm over 535k values (~3e-6).
+        tolerance = 0 if scale < 1 else 1e-5
+        torch.testing.assert_close(parameter.grad, copy.grad, rtol=tolerance, atol=0, equal_nan=True)
+    if scale == 1e2:
+        # And closer to the target: the clipped gradients' exact norm is 1 to within 1e-6.
+        grads = torch.cat([parameter.grad.double().flatten() for parameter in model.parameters()])
+        assert abs(float(torch.linalg.vector_norm(grads)) - 1.0) < 1e-6
 
 
 def test_warm_up_counts_epochs_of_steps_when_training_is_limited_by_steps(data_root: Path) -> None:

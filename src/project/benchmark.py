@@ -352,7 +352,7 @@ class Context:
     def score(self, model: nn.Module) -> float:
         """Accuracy on the test images, normalized once, the same for every model."""
         was_training = model.training
-        model.eval()
+        model.eval().to(self.device)  # Lightning moves a model back to the CPU at the end of fit
         correct = 0
         for start in range(0, len(self.tensors.test_y), 1000):
             images = self.tensors.test_x[start : start + 1000].to(self.device)

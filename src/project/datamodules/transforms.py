@@ -16,35 +16,51 @@ from torch.nn import functional as F
 
 
 class RandomCropPadded(nn.Module):
-    """Zero-pad by ``padding`` on every side, then crop a random window of the original size."""
+    """Zero-pad by ``padding`` on every side, then crop a random window of the original size.
 
-    def __init__(self, padding: int) -> None:
+    With ``hflip``, then mirror each window left-right with probability 1/2: :class:`RandomHorizontalFlip` after
+    the crop, the same random draws and result, in the same single pass over the batch (one gather).
+    Only moves pixels, so it works on any dtype (``uint8`` batches too) and gives the same pixels in each.
+    """
+
+    def __init__(self, padding: int, hflip: bool = False) -> None:
         super().__init__()
         self.padding = padding
+        self.hflip = hflip
 
     def forward(self, images: Tensor) -> Tensor:
-        n, _, height, width = images.shape
-        pad = self.padding
+        n, channels, height, width = images.shape
+        pad, device = self.padding, images.device
         padded = F.pad(images, (pad, pad, pad, pad))
-        dy = torch.randint(0, 2 * pad + 1, (n, 1, 1), device=images.device)
-        dx = torch.randint(0, 2 * pad + 1, (n, 1, 1), device=images.device)
-        rows = (dy + torch.arange(height, device=images.device).view(1, height, 1)).expand(n, height, width)
-        cols = (dx + torch.arange(width, device=images.device).view(1, 1, width)).expand(n, height, width)
-        # Flat gather of each sample's window: index = row * padded_width + col, same for every channel.
-        flat_index = (rows * (width + 2 * pad) + cols).flatten(1).unsqueeze(1).expand(-1, images.shape[1], -1)
+        padded_width = width + 2 * pad
+        dy = torch.randint(0, 2 * pad + 1, (n, 1, 1), device=device)
+        dx = torch.randint(0, 2 * pad + 1, (n, 1, 1), device=device)
+        # Each sample's window in the flattened padded image: a shared (row * padded_width + col) grid plus the
+        # sample's offset; one index tensor of (N, H, W), the same for every channel (expanded, not copied).
+        grid = torch.arange(height, device=device).view(height, 1) * padded_width + torch.arange(width, device=device)
+        if self.hflip:
+            # Mirroring the window reads its columns right to left: the grid with its columns reversed.
+            flip = torch.rand(n, 1, 1, device=device) < 0.5
+            grid = torch.where(flip, grid.flip(-1), grid)
+        flat_index = (dy * padded_width + dx + grid).flatten(1).unsqueeze(1).expand(-1, channels, -1)
         return padded.flatten(2).gather(2, flat_index).view_as(images)
 
 
 class RandomHorizontalFlip(nn.Module):
-    """Mirror each image left-right with probability ``p``."""
+    """Mirror each image left-right with probability ``p``; any dtype, like :class:`RandomCropPadded`."""
 
     def __init__(self, p: float = 0.5) -> None:
         super().__init__()
         self.p = p
 
     def forward(self, images: Tensor) -> Tensor:
-        flip = torch.rand(images.shape[0], 1, 1, 1, device=images.device) < self.p
-        return torch.where(flip, images.flip(-1), images)
+        n, _, _, width = images.shape
+        flip = torch.rand(n, 1, 1, 1, device=images.device) < self.p
+        columns = torch.arange(width, device=images.device)
+        # One gather of per-sample column orders (reversed or not): a single pass over the batch, where
+        # where(flip, images.flip(-1), images) makes three.
+        order = torch.where(flip, columns.flip(0), columns).expand_as(images)
+        return images.gather(3, order)
 
 
 class RandomRotation(nn.Module):
@@ -106,14 +122,19 @@ class BatchAugment(nn.Sequential):
     ) -> None:
         ops: list[nn.Module] = []
         if crop_padding:
-            ops.append(RandomCropPadded(crop_padding))
-        if hflip:
+            ops.append(RandomCropPadded(crop_padding, hflip=hflip))  # the flip too, in the crop's single pass
+        elif hflip:
             ops.append(RandomHorizontalFlip())
         if rotation:
             ops.append(RandomRotation(rotation))
         if color_jitter:
             ops.append(ColorJitter(color_jitter, color_jitter, color_jitter))
         super().__init__(*ops)
+
+    @property
+    def only_moves_pixels(self) -> bool:
+        """Whether every op only moves pixels (crop, flip): then it can run on the ``uint8`` batch, same result."""
+        return all(isinstance(op, (RandomCropPadded, RandomHorizontalFlip)) for op in self)
 
 
 class Normalize(nn.Module):
@@ -140,12 +161,16 @@ class Normalize(nn.Module):
         # The constants follow the batches once (a data module is not an nn.Module that Lightning moves).
         return self if self.scale.device == device else self.to(device)
 
-    def forward(self, images: Tensor) -> Tensor:
-        """``(images - mean) / std`` of float images in ``[0, 1]``."""
-        constants = self._on(images.device)
-        return images.mul(constants.scale).add_(constants.shift)
+    def forward(self, images: Tensor, memory_format: torch.memory_format = torch.contiguous_format) -> Tensor:
+        """``(images - mean) / std`` of float images in ``[0, 1]``, as a new tensor in ``memory_format``."""
+        return self._affine(images, self._on(images.device).scale, memory_format)
 
-    def from_uint8(self, images: Tensor) -> Tensor:
-        """``(images / 255 - mean) / std`` of ``uint8`` images as a new float32 tensor, in its memory layout."""
-        constants = self._on(images.device)
-        return images.to(torch.float32).mul_(constants.scale_uint8).add_(constants.shift)
+    def from_uint8(self, images: Tensor, memory_format: torch.memory_format = torch.contiguous_format) -> Tensor:
+        """``(images / 255 - mean) / std`` of ``uint8`` images as a new float32 tensor in ``memory_format``."""
+        return self._affine(images, self._on(images.device).scale_uint8, memory_format)
+
+    def _affine(self, images: Tensor, scale: Tensor, memory_format: torch.memory_format) -> Tensor:
+        # One pass: the conversion to float32, the multiply-add and the change of layout (channels-last for conv
+        # nets on a GPU) in a single kernel, written straight into the output.
+        out = torch.empty(images.shape, dtype=torch.float32, device=images.device, memory_format=memory_format)
+        return torch.addcmul(self._on(images.device).shift, images, scale, out=out)
