@@ -6,6 +6,7 @@ import csv
 import math
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 from conftest import quiet_trainer
@@ -201,26 +202,62 @@ def test_unfreeze_at_epoch_adds_the_backbone_to_the_optimizer(tmp_path: Path, da
     assert not torch.equal(pretrained.network.layer4[0].conv1.weight, model.network.layer4[0].conv1.weight)
 
 
+@pytest.mark.parametrize("fused", [False, True])
 @pytest.mark.parametrize("scale", [1e-3, 1e2, float("nan")])
-def test_cpu_gradient_clipping_equals_clip_grad_norm(scale: float) -> None:
+def test_cpu_gradient_clipping_equals_clip_grad_norm(scale: float, fused: bool) -> None:
+    # The template's CPU clipping against PyTorch's clip_grad_norm_ before the same optimizer's step. With a fused
+    # optimizer the scaling happens inside its step (grad_scale), so compare after the step: parameters and the
+    # gradients it leaves. Two steps: the first clipped (or not), the second within bounds, so a scale set for the
+    # first must not leak into the second.
     model = MLP(num_classes=10, input_shape=(1, 28, 28))
-    reference = [parameter.detach().clone() for parameter in model.parameters()]
-    optimizer = torch.optim.Adam(model.parameters())
+    reference = [parameter.detach().clone().requires_grad_() for parameter in model.parameters()]
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2, fused=fused)
+    reference_optimizer = torch.optim.Adam(reference, lr=1e-2, fused=fused)
     generator = torch.Generator().manual_seed(0)
-    for parameter, copy in zip(model.parameters(), reference, strict=True):
-        parameter.grad = torch.randn(parameter.shape, generator=generator) * scale
-        copy.grad = parameter.grad.clone()
-    model.configure_gradient_clipping(optimizer, gradient_clip_val=1.0, gradient_clip_algorithm="norm")
-    torch.nn.utils.clip_grad_norm_(reference, max_norm=1.0)
-    for parameter, copy in zip(model.parameters(), reference, strict=True):
-        # Within bounds: untouched, bit for bit. Clipped: the norm is summed differently (float64), so equal to the
-        # rounding of PyTorch's float32 norm over 535k values (~3e-6).
-        tolerance = 0 if scale < 1 else 1e-5
-        torch.testing.assert_close(parameter.grad, copy.grad, rtol=tolerance, atol=0, equal_nan=True)
-    if scale == 1e2:
-        # And closer to the target: the clipped gradients' exact norm is 1 to within 1e-6.
-        grads = torch.cat([parameter.grad.double().flatten() for parameter in model.parameters()])
-        assert abs(float(torch.linalg.vector_norm(grads)) - 1.0) < 1e-6
+    for step, step_scale in enumerate([scale, 1e-3]):
+        for parameter, copy in zip(model.parameters(), reference, strict=True):
+            parameter.grad = torch.randn(parameter.shape, generator=generator) * step_scale
+            copy.grad = parameter.grad.clone()
+        model.configure_gradient_clipping(optimizer, gradient_clip_val=1.0, gradient_clip_algorithm="norm")
+        torch.nn.utils.clip_grad_norm_(reference, max_norm=1.0)
+        optimizer.step()
+        reference_optimizer.step()
+        # Never clipped: bit for bit. Clipped: the norm is summed differently (float64), so equal to the rounding
+        # of PyTorch's float32 norm over 535k values (~3e-6).
+        exact = scale < 1
+        for parameter, copy in zip(model.parameters(), reference, strict=True):
+            torch.testing.assert_close(parameter.grad, copy.grad, rtol=0 if exact else 1e-5, atol=0, equal_nan=True)
+            torch.testing.assert_close(parameter, copy, rtol=0 if exact else 1e-5, atol=0 if exact else 1e-7,
+                                       equal_nan=True)  # fmt: skip
+        if step == 0 and scale == 1e2:
+            # And closer to the target: the clipped gradients' exact norm is 1 to within 1e-6.
+            grads = torch.cat([parameter.grad.double().flatten() for parameter in model.parameters()])
+            assert abs(float(torch.linalg.vector_norm(grads)) - 1.0) < 1e-6
+    assert getattr(optimizer, "grad_scale", None) is None  # the last step was within bounds
+
+
+def test_training_clips_gradients_on_cpu(data_root: Path) -> None:
+    # Through Lightning: after every optimizer step the gradients it used have norm <= 1 (a fused Adam scales them
+    # inside its step and writes them back), and without clipping the same run's gradients exceed it.
+    norms: dict[float, list[float]] = {}
+
+    class GradNorm(L.Callback):
+        def __init__(self, clip: float) -> None:
+            self.clip = clip
+
+        def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: object) -> None:
+            grads = [p.grad.flatten() for p in pl_module.parameters() if p.grad is not None]
+            norms.setdefault(self.clip, []).append(float(torch.linalg.vector_norm(torch.cat(grads))))
+
+    for clip in (0.05, 0.0):
+        L.seed_everything(0)
+        model = MLP(hidden_sizes=[64], lr=0.01)
+        data = MNISTDataModule(root=str(data_root), batch_size=32, val_size=0)
+        trainer = quiet_trainer(max_epochs=1, limit_val_batches=0, gradient_clip_val=clip, callbacks=[GradNorm(clip)])
+        trainer.fit(model, datamodule=data)
+        assert trainer.optimizers[0].defaults["fused"]
+    assert len(norms[0.05]) >= 10 and max(norms[0.05]) <= 0.05 * (1 + 1e-5)
+    assert max(norms[0.0]) > 0.05  # the clip was doing something
 
 
 def test_warm_up_counts_epochs_of_steps_when_training_is_limited_by_steps(data_root: Path) -> None:

@@ -225,8 +225,8 @@ class ImageClassifier(L.LightningModule):
         if not gradient_clip_val or gradient_clip_algorithm not in (None, "norm") or self.device.type != "cpu":
             self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
             return
-        # clip_grad_norm_ in two halves, because on CPU reading the norm costs no device sync: the scaling pass over
-        # every gradient is skipped when the norm is already within bounds.
+        # clip_grad_norm_'s arithmetic, cheaper on CPU, where reading the norm costs no device sync: nothing is
+        # scaled when the norm is within bounds, and a fused optimizer does the scaling inside its own step.
         params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         if not params:
             return
@@ -237,7 +237,13 @@ class ImageClassifier(L.LightningModule):
             total = math.sqrt(sum(float(torch.dot(grad.reshape(-1), grad.reshape(-1))) for grad in grads))
         else:
             total = float(torch.nn.utils.get_total_norm(grads))
-        if not total <= gradient_clip_val:  # also scales (to nan) when the norm is not finite, as clip_grad_norm_ does
+        clipping = not total <= gradient_clip_val  # also when the norm is not finite: scaled to nan, as clip_grad_norm_
+        if optimizer.defaults.get("fused"):
+            # PyTorch's fused kernels divide each gradient by the optimizer's grad_scale as they read it (the hook
+            # GradScaler uses) and write it back: clip_grad_norm_'s scaling for free, instead of a pass over every
+            # gradient that costs ~5 % of an MLP's step on CPU. Set at every step, so it never outlives one.
+            optimizer.grad_scale = torch.tensor((total + 1e-6) / gradient_clip_val) if clipping else None
+        elif clipping:
             torch.nn.utils.clip_grads_with_norm_(params, gradient_clip_val, torch.tensor(total))
 
     def on_train_start(self) -> None:
