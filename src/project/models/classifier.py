@@ -234,7 +234,8 @@ class ImageClassifier(L.LightningModule):
         if all(grad.dtype in (torch.float32, torch.float64) and not grad.is_sparse for grad in grads):
             # The squared norm as one dot product per tensor, summed in float64: ~4x faster on CPU than PyTorch's
             # per-tensor norms (torch._foreach_norm loops over them there), ~0.1 ms of an MLP's 3 ms step.
-            total = math.sqrt(sum(float(torch.dot(grad.reshape(-1), grad.reshape(-1))) for grad in grads))
+            flats = [grad.reshape(-1) for grad in grads]
+            total = math.sqrt(sum(float(torch.dot(flat, flat)) for flat in flats))
         else:
             total = float(torch.nn.utils.get_total_norm(grads))
         clipping = not total <= gradient_clip_val  # also when the norm is not finite: scaled to nan, as clip_grad_norm_
@@ -342,10 +343,12 @@ class TrainingMeans(Metric):
 
     def update(self, loss: Tensor, logits: Tensor, targets: Tensor) -> None:
         count = targets.numel()
-        # In place: one kernel each, and no attribute assignment (nn.Module.__setattr__ is slow).
-        self.loss_sum.add_(loss.detach(), alpha=count)  # loss is the batch mean: weight it by the batch size
-        self.correct.add_((logits.detach().argmax(dim=-1) == targets).sum())
-        self.count.add_(count)
+        # In place: one kernel each, and no attribute assignment (nn.Module.__setattr__ is slow). Under no_grad
+        # rather than with detach(): two tensor ops fewer per step.
+        with torch.no_grad():
+            self.loss_sum.add_(loss, alpha=count)  # loss is the batch mean: weight it by the batch size
+            self.correct.add_((logits.argmax(dim=-1) == targets).sum())
+            self.count.add_(count)
 
     def compute(self) -> dict[str, Tensor]:
         return {"loss": self.loss_sum / self.count, "acc": self.correct / self.count}
