@@ -401,7 +401,7 @@ def test_benchmark_runs_and_writes_json(tmp_path: Path, capsys: pytest.CaptureFi
     assert "samples/s" in table and "C/A =" in table and "torch.get_num_threads()" in table
 
 
-def test_gpu_measurements_run_end_to_end_on_cpu(tmp_path: Path) -> None:
+def test_gpu_measurements_run_end_to_end_on_cpu(tmp_path: Path, data_root: Path) -> None:
     # The ResNet-18 part runs only on a GPU; its code (data, command line, timing, FLOPs, MFU) is checked here on the
     # CPU with a few tiny steps, so that the one GPU run the numbers come from does not fail on a typo.
     options = ["--gpu_batch_size", "4", "--gpu_steps", "2", "--gpu_warmup", "1", "--gpu_sizes", "32,40"]
@@ -413,6 +413,11 @@ def test_gpu_measurements_run_end_to_end_on_cpu(tmp_path: Path) -> None:
         assert len(run["images_per_s_all"]) == 2 and run["images_per_s"] > 0 and run["mfu"] > 0
         assert run["vs_plain"] == 1.0 if key.endswith("plain") else run["vs_plain"] > 0
     assert out["runs"]["resnet18 32px plain"]["forward_gflops_per_image"] == pytest.approx(0.0740, rel=1e-2)
+    assert out["data"].startswith("generated CIFAR-10")
+    # With --data.root at real CIFAR-10 files (written in the true format here), the template trains on those.
+    args = benchmark.parse_args([*options[:6], "--gpu_sizes", "32", "--data.root", str(data_root)])
+    out = benchmark.benchmark_gpu(args, tmp_path / "real", lambda message: None, device=torch.device("cpu"))
+    assert out["data"] == f"CIFAR-10 files in {data_root}" and out["runs"]["resnet18 32px template"]["mfu"] is None
     assert benchmark.peak_tflops("NVIDIA H100 80GB HBM3", None) == 989
     assert benchmark.peak_tflops("NVIDIA H100 PCIe", None) == 756
     assert benchmark.peak_tflops("NVIDIA A100-SXM4-80GB", None) == 312

@@ -84,8 +84,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--data.root",
         dest="root",
         default=None,
-        help="Use the MNIST files under DIR/MNIST/raw when they are there (not with --quick); otherwise generated "
-        "data in the same format is written to a temporary directory.",
+        help="Use the MNIST files under DIR/MNIST/raw and CIFAR-10's under DIR/cifar-10-batches-py when they are "
+        "there (not with --quick); otherwise generated data in the same formats is written to a temporary directory.",
     )
     parser.add_argument("--source", choices=["random", "digits"], default="random", help="Content of generated data.")
     parser.add_argument(
@@ -164,6 +164,19 @@ def mnist_root(args: argparse.Namespace, workdir: Path) -> tuple[Path, str]:
     n_test = max(100, args.samples // 6)
     write_mnist(root, n_train=args.samples, n_test=n_test, source=args.source, seed=args.seed)
     return root, f"generated ({args.source}) MNIST IDX files, {args.samples} training images"
+
+
+def cifar10_root(args: argparse.Namespace, workdir: Path) -> tuple[Path, str]:
+    """The CIFAR-10 root of the ResNet-18 runs and a description: the real files when present, else generated ones."""
+    from project.datamodules.cifar10 import FOLDER, TEST_FILES, TRAIN_FILES
+    from project.fakedata import write_cifar10
+
+    if args.root and not args.quick and all((Path(args.root) / FOLDER / f).is_file() for f in TRAIN_FILES + TEST_FILES):
+        return Path(args.root), f"CIFAR-10 files in {args.root}"
+    root = workdir / "cifar10"
+    n_train = (args.gpu_warmup + args.gpu_steps) * args.gpu_batch_size
+    write_cifar10(root, n_train=n_train, n_test=100, seed=args.seed)
+    return root, f"generated CIFAR-10 batch files, {n_train} training images"
 
 
 @dataclass
@@ -556,13 +569,10 @@ def benchmark_gpu(
 
     Every run is repeated ``args.gpu_repeats`` times, interleaved like the MLP runs; the median is reported.
     """
-    from project.fakedata import write_cifar10
-
     device = device or torch.device("cuda")
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     peak = peak_tflops(name, args.peak_tflops)
-    root = workdir / "cifar10"
-    write_cifar10(root, n_train=(args.gpu_warmup + args.gpu_steps) * args.gpu_batch_size, n_test=100, seed=args.seed)
+    root, data = cifar10_root(args, workdir)
     torch.set_float32_matmul_precision("high")
 
     def plain(image_size: int, compile: bool) -> Callable[[], float]:
@@ -594,6 +604,7 @@ def benchmark_gpu(
 
     out: dict[str, Any] = {
         "device": name,
+        "data": data,
         "peak_bf16_tflops": peak,
         "batch_size": args.gpu_batch_size,
         "steps": args.gpu_steps,
@@ -683,7 +694,7 @@ def render(report: dict[str, Any]) -> str:
         lines += [
             "",
             f"ResNet-18 on {gpu['device']}, batch {gpu['batch_size']}, {gpu['steps']} timed steps, median of "
-            f"{gpu['repeats']} interleaved repeats, bf16 peak {peak} TFLOPS",
+            f"{gpu['repeats']} interleaved repeats, bf16 peak {peak} TFLOPS; {gpu['data']}",
         ]
         for key, run in gpu["runs"].items():
             mfu = f"{100 * run['mfu']:.1f}%" if run["mfu"] is not None else "n/a (pass --peak_tflops)"
