@@ -16,6 +16,7 @@ import math
 import os
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -177,6 +178,12 @@ def test_resized_batch_is_interpolated_then_normalized(data_root: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- augmentation
+def _training_trainer(memory_format: torch.memory_format | None = None) -> SimpleNamespace:
+    """What on_after_batch_transfer asks of its trainer: training, and the layout its model wants (if any)."""
+    model = SimpleNamespace(input_memory_format=memory_format) if memory_format is not None else None
+    return SimpleNamespace(training=True, lightning_module=model)
+
+
 def test_random_crop_is_a_window_of_the_zero_padded_image() -> None:
     torch.manual_seed(0)
     pad, images = 3, torch.rand(400, 3, 10, 12)
@@ -255,11 +262,7 @@ def test_augmentation_runs_only_in_training(mnist: MNISTDataModule) -> None:
     # Without a training trainer (evaluation, prediction): no augmentation, only normalization.
     torch.testing.assert_close(dm.on_after_batch_transfer((images, labels), 0)[0], plain, rtol=0, atol=1e-6)
 
-    class Training:
-        training = True
-        lightning_module = None
-
-    dm.trainer = Training()
+    dm.trainer = _training_trainer()
     torch.manual_seed(1)
     out = dm.on_after_batch_transfer((images, labels), 0)[0]
     assert out.shape == plain.shape and not torch.allclose(out, plain)
@@ -279,11 +282,7 @@ def test_training_batch_comes_in_the_network_memory_layout(data_root: Path) -> N
     dm.setup("fit")
     images, labels = next(iter(dm.train_dataloader()))
 
-    class Training:
-        training = True
-        lightning_module = type("Model", (), {"input_memory_format": torch.channels_last})()
-
-    dm.trainer = Training()
+    dm.trainer = _training_trainer(torch.channels_last)
     torch.manual_seed(2)
     out = dm.on_after_batch_transfer((images, labels), 0)[0]
     assert out.shape == (8, 3, 40, 40) and out.is_contiguous(memory_format=torch.channels_last)

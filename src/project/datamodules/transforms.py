@@ -163,14 +163,16 @@ class Normalize(nn.Module):
 
     def forward(self, images: Tensor, memory_format: torch.memory_format = torch.contiguous_format) -> Tensor:
         """``(images - mean) / std`` of float images in ``[0, 1]``, as a new tensor in ``memory_format``."""
-        return self._affine(images, self._on(images.device).scale, memory_format)
+        return self._affine(images, memory_format, from_uint8=False)
 
     def from_uint8(self, images: Tensor, memory_format: torch.memory_format = torch.contiguous_format) -> Tensor:
         """``(images / 255 - mean) / std`` of ``uint8`` images as a new float32 tensor in ``memory_format``."""
-        return self._affine(images, self._on(images.device).scale_uint8, memory_format)
+        return self._affine(images, memory_format, from_uint8=True)
 
-    def _affine(self, images: Tensor, scale: Tensor, memory_format: torch.memory_format) -> Tensor:
+    def _affine(self, images: Tensor, memory_format: torch.memory_format, from_uint8: bool) -> Tensor:
         # One pass: the conversion to float32, the multiply-add and the change of layout (channels-last for conv
         # nets on a GPU) in a single kernel, written straight into the output.
+        constants = self._on(images.device)
+        scale = constants.scale_uint8 if from_uint8 else constants.scale
         out = torch.empty(images.shape, dtype=torch.float32, device=images.device, memory_format=memory_format)
-        return torch.addcmul(self._on(images.device).shift, images, scale, out=out)
+        return torch.addcmul(constants.shift, images, scale, out=out)
