@@ -319,13 +319,10 @@ def test_training_steps_do_not_read_device_values_on_the_host(
     for name in ("item", "tolist", "__float__", "__int__", "__bool__", "__index__"):
         monkeypatch.setattr(torch.Tensor, name, counted(name))
     # On CPU the gradient clipping reads the norm once a step on purpose (free there: no device to wait for); on a
-    # GPU it takes Lightning's clip_gradients, which reads nothing. Count what a GPU run would do.
+    # GPU it keeps the norm a tensor. Count what a GPU run would do: its clipping path, run here on CPU tensors.
     from project.models.classifier import ImageClassifier
 
-    def gpu_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
-        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
-
-    monkeypatch.setattr(ImageClassifier, "configure_gradient_clipping", gpu_clipping)
+    monkeypatch.setattr(ImageClassifier, "_reads_norm_on_host", lambda self: False)
 
     class Count(L.Callback):
         def on_train_epoch_start(self, trainer, pl_module) -> None:
@@ -345,18 +342,27 @@ def test_training_steps_do_not_read_device_values_on_the_host(
 
 
 @pytest.mark.parametrize(
-    ("precision", "clip", "fused"),
-    [("32-true", 1.0, True), ("bf16-mixed", None, True), ("bf16-mixed", 1.0, False)],
+    ("precision", "clip", "algorithm", "fused"),
+    [
+        ("32-true", 1.0, "norm", True),
+        ("bf16-mixed", None, None, True),
+        ("bf16-mixed", 1.0, None, True),
+        ("32-true", 1.0, "value", False),
+        ("bf16-mixed", 1.0, "value", False),
+    ],
 )
-def test_fused_optimizer_where_lightning_allows_it(data_root: Path, precision: str, clip, fused: bool) -> None:
+def test_fused_optimizer_where_clipping_allows_it(
+    data_root: Path, precision: str, clip: float | None, algorithm: str | None, fused: bool
+) -> None:
     # Lightning refuses gradient clipping with a fused optimizer under its mixed-precision plugin (bf16-mixed is
-    # the default on a GPU): there the model keeps PyTorch's default implementation, and training runs.
-
+    # the default on a GPU); the template clips by norm itself and keeps the fused kernel. Clipping by value goes
+    # through Lightning: there the model keeps PyTorch's default implementation, and training runs.
     from project.models import MLP
 
     trainer = quiet_trainer(
         precision=precision,
         gradient_clip_val=clip,
+        gradient_clip_algorithm=algorithm,
         max_epochs=1,
         limit_train_batches=2,
         limit_val_batches=0,

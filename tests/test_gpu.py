@@ -6,6 +6,7 @@ the CPU, where they apply, live in test_data_path.py.
 
 from __future__ import annotations
 
+import math
 import warnings
 from pathlib import Path
 from typing import Any
@@ -82,3 +83,55 @@ def test_augmentation_on_the_gpu_stays_in_bounds() -> None:
     assert out.device.type == "cuda" and out.shape == images.shape
     assert out.min() >= 0 and out.max() <= 1 + 1e-6
     assert not torch.allclose(out, images)
+
+
+@pytest.mark.parametrize("scale", [1e-3, 1e2, float("nan")])
+def test_gpu_gradient_clipping_equals_clip_grad_norm_without_waiting(scale: float) -> None:
+    # The GPU path of the template's clipping (the norm stays a device tensor, the fused Adam divides by it) against
+    # clip_grad_norm_ before a fused Adam, with CUDA's sync debug mode raising at any operation that waits.
+    from project.models import ResNet
+
+    model = ResNet(weights="none", num_classes=10, input_shape=(3, 32, 32)).cuda()
+    reference = [parameter.detach().clone().requires_grad_() for parameter in model.parameters()]
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2, fused=True)
+    reference_optimizer = torch.optim.Adam(reference, lr=1e-2, fused=True)
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    for parameter, copy in zip(model.parameters(), reference, strict=True):
+        parameter.grad = torch.randn(parameter.shape, generator=generator, device="cuda") * scale
+        copy.grad = parameter.grad.clone()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        model.configure_gradient_clipping(optimizer, gradient_clip_val=1.0, gradient_clip_algorithm="norm")
+        optimizer.step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    torch.nn.utils.clip_grad_norm_(reference, max_norm=1.0)
+    reference_optimizer.step()
+    exact = scale < 1  # within bounds the scale is exactly 1
+    for parameter, copy in zip(model.parameters(), reference, strict=True):
+        torch.testing.assert_close(parameter.grad, copy.grad, rtol=0 if exact else 1e-5, atol=0, equal_nan=True)
+        torch.testing.assert_close(parameter, copy, rtol=0 if exact else 1e-5, atol=0 if exact else 1e-7,
+                                   equal_nan=True)  # fmt: skip
+
+
+@pytest.mark.parametrize(("precision", "fused"), [("bf16-mixed", True), ("16-mixed", False)])
+def test_gpu_training_clips_gradients(data_root: Path, tmp_path: Path, precision: str, fused: bool) -> None:
+    # bf16-mixed: the template's clipping with the fused Adam; 16-mixed: Lightning's, after the GradScaler unscales,
+    # with PyTorch's default Adam. Either way the gradients the step used have norm <= the clip value (a step the
+    # GradScaler skipped for an overflow leaves non-finite ones: not counted).
+    if precision == "bf16-mixed" and not torch.cuda.is_bf16_supported():
+        pytest.skip("this GPU has no bf16")
+    norms: list[float] = []
+
+    class GradNorm(L.Callback):
+        def on_train_batch_end(self, trainer: L.Trainer, pl_module: Any, *args: Any) -> None:
+            grads = [p.grad.flatten() for p in pl_module.parameters() if p.grad is not None]
+            norms.append(float(torch.linalg.vector_norm(torch.cat(grads).float())))
+
+    argv = ["--model", "cnn", "--data.root", str(data_root), "--data.download", "false", "--data.batch_size", "16"]
+    argv += ["--data.val_size", "0", "--trainer.max_epochs", "1", "--trainer.limit_val_batches", "0"]
+    argv += ["--trainer.limit_train_batches", "10", "--trainer.gradient_clip_val", "0.05", "--precision", precision]
+    cli = _fit(argv, tmp_path, [GradNorm()])
+    assert bool(cli.trainer.optimizers[0].defaults["fused"]) is fused
+    finite = [norm for norm in norms if math.isfinite(norm)]
+    assert len(norms) == 10 and len(finite) >= 5 and max(finite) <= 0.05 * (1 + 1e-4), norms

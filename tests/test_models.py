@@ -202,13 +202,18 @@ def test_unfreeze_at_epoch_adds_the_backbone_to_the_optimizer(tmp_path: Path, da
     assert not torch.equal(pretrained.network.layer4[0].conv1.weight, model.network.layer4[0].conv1.weight)
 
 
+@pytest.mark.parametrize("on_host", [True, False], ids=["cpu-path", "gpu-path"])
 @pytest.mark.parametrize("fused", [False, True])
 @pytest.mark.parametrize("scale", [1e-3, 1e2, float("nan")])
-def test_cpu_gradient_clipping_equals_clip_grad_norm(scale: float, fused: bool) -> None:
-    # The template's CPU clipping against PyTorch's clip_grad_norm_ before the same optimizer's step. With a fused
-    # optimizer the scaling happens inside its step (grad_scale), so compare after the step: parameters and the
-    # gradients it leaves. Two steps: the first clipped (or not), the second within bounds, so a scale set for the
-    # first must not leak into the second.
+def test_gradient_clipping_equals_clip_grad_norm(
+    scale: float, fused: bool, on_host: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The template's clipping against PyTorch's clip_grad_norm_ before the same optimizer's step, on both of its
+    # paths: the CPU one (reads the norm) and the GPU one (keeps it a tensor; run here on CPU tensors, as the fused
+    # CPU kernels take a grad_scale too). With a fused optimizer the scaling happens inside its step (grad_scale),
+    # so compare after the step: parameters and the gradients it leaves. Two steps: the first clipped (or not), the
+    # second within bounds, so a scale set for the first must not leak into the second.
+    monkeypatch.setattr(MLP, "_reads_norm_on_host", lambda self: on_host)
     model = MLP(num_classes=10, input_shape=(1, 28, 28))
     reference = [parameter.detach().clone().requires_grad_() for parameter in model.parameters()]
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2, fused=fused)
@@ -222,23 +227,32 @@ def test_cpu_gradient_clipping_equals_clip_grad_norm(scale: float, fused: bool) 
         torch.nn.utils.clip_grad_norm_(reference, max_norm=1.0)
         optimizer.step()
         reference_optimizer.step()
-        # Never clipped: bit for bit. Clipped: the norm is summed differently (float64), so equal to the rounding
-        # of PyTorch's float32 norm over 535k values (~3e-6).
+        # Never clipped: bit for bit. Clipped: equal to the rounding of the norm (the CPU path sums it in float64,
+        # PyTorch in float32 over 535k values, ~3e-6) and of dividing by a scale instead of multiplying.
         exact = scale < 1
         for parameter, copy in zip(model.parameters(), reference, strict=True):
             torch.testing.assert_close(parameter.grad, copy.grad, rtol=0 if exact else 1e-5, atol=0, equal_nan=True)
             torch.testing.assert_close(parameter, copy, rtol=0 if exact else 1e-5, atol=0 if exact else 1e-7,
                                        equal_nan=True)  # fmt: skip
         if step == 0 and scale == 1e2:
-            # And closer to the target: the clipped gradients' exact norm is 1 to within 1e-6.
+            # And on target: the clipped gradients' exact norm is 1 (to 1e-6 from the float64 sum on CPU).
             grads = torch.cat([parameter.grad.double().flatten() for parameter in model.parameters()])
-            assert abs(float(torch.linalg.vector_norm(grads)) - 1.0) < 1e-6
-    assert getattr(optimizer, "grad_scale", None) is None  # the last step was within bounds
+            assert abs(float(torch.linalg.vector_norm(grads)) - 1.0) < (1e-6 if on_host else 1e-5)
+    # The last step was within bounds: no scale left (CPU path) or a scale of exactly 1 (GPU path, no host read).
+    left = getattr(optimizer, "grad_scale", None)
+    assert left is None if on_host or not fused else float(left) == 1.0
 
 
-def test_training_clips_gradients_on_cpu(data_root: Path) -> None:
-    # Through Lightning: after every optimizer step the gradients it used have norm <= 1 (a fused Adam scales them
-    # inside its step and writes them back), and without clipping the same run's gradients exceed it.
+@pytest.mark.parametrize(
+    ("precision", "on_host"), [("32-true", True), ("32-true", False), ("bf16-mixed", True), ("bf16-mixed", False)]
+)
+def test_training_clips_gradients(
+    data_root: Path, precision: str, on_host: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Through Lightning, on both clipping paths and under bf16-mixed (the GPU default, where Lightning itself would
+    # refuse a fused optimizer): after every optimizer step the gradients it used have norm <= the clip value (a
+    # fused Adam scales them inside its step and writes them back), and without clipping they exceed it.
+    monkeypatch.setattr(MLP, "_reads_norm_on_host", lambda self: on_host)
     norms: dict[float, list[float]] = {}
 
     class GradNorm(L.Callback):
@@ -253,7 +267,9 @@ def test_training_clips_gradients_on_cpu(data_root: Path) -> None:
         L.seed_everything(0)
         model = MLP(hidden_sizes=[64], lr=0.01)
         data = MNISTDataModule(root=str(data_root), batch_size=32, val_size=0)
-        trainer = quiet_trainer(max_epochs=1, limit_val_batches=0, gradient_clip_val=clip, callbacks=[GradNorm(clip)])
+        trainer = quiet_trainer(
+            max_epochs=1, limit_val_batches=0, gradient_clip_val=clip, precision=precision, callbacks=[GradNorm(clip)]
+        )
         trainer.fit(model, datamodule=data)
         assert trainer.optimizers[0].defaults["fused"]
     assert len(norms[0.05]) >= 10 and max(norms[0.05]) <= 0.05 * (1 + 1e-5)

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
-from lightning.pytorch.plugins.precision import Precision
+from lightning.pytorch.plugins.precision import MixedPrecision, Precision
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor, nn
 from torchmetrics import Metric
@@ -222,30 +222,40 @@ class ImageClassifier(L.LightningModule):
         gradient_clip_val: float | None = None,
         gradient_clip_algorithm: str | None = None,
     ) -> None:
-        if not gradient_clip_val or gradient_clip_algorithm not in (None, "norm") or self.device.type != "cpu":
+        """Clip by norm as ``clip_grad_norm_`` does, with the scaling folded into a fused optimizer's step.
+
+        PyTorch's fused Adam, AdamW and SGD divide each gradient by the optimizer's ``grad_scale`` as they read it
+        (the hook ``GradScaler`` uses) and write it back: ``clip_grad_norm_``'s scaling for free, instead of a pass
+        over every gradient before the step. ``grad_scale`` is set at every step, so it never outlives one. Clipping
+        by value, and precision plugins that clip in their own way (a ``GradScaler``, FSDP, DeepSpeed), take
+        Lightning's ``clip_gradients``.
+        """
+        if not gradient_clip_val or gradient_clip_algorithm not in (None, "norm") or not _clips_like_torch(self):
             self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
             return
-        # clip_grad_norm_'s arithmetic, cheaper on CPU, where reading the norm costs no device sync: nothing is
-        # scaled when the norm is within bounds, and a fused optimizer does the scaling inside its own step.
+        fused = bool(optimizer.defaults.get("fused"))
+        if fused:
+            optimizer.grad_scale = None  # this step's, if any, is set below
         params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         if not params:
             return
         grads = [p.grad for p in params]
-        if all(grad.dtype in (torch.float32, torch.float64) and not grad.is_sparse for grad in grads):
-            # The squared norm as one dot product per tensor, summed in float64: ~4x faster on CPU than PyTorch's
-            # per-tensor norms (torch._foreach_norm loops over them there), ~0.1 ms of an MLP's 3 ms step.
-            flats = [grad.reshape(-1) for grad in grads]
-            total = math.sqrt(sum(float(torch.dot(flat, flat)) for flat in flats))
+        if self._reads_norm_on_host():
+            # Nothing is scaled when the norm is within bounds.
+            total = _host_total_norm(grads)
+            clipping = not total <= gradient_clip_val  # also when not finite: scaled to nan, as clip_grad_norm_
+            if clipping and fused:
+                optimizer.grad_scale = torch.tensor((total + 1e-6) / gradient_clip_val)
+            elif clipping:
+                torch.nn.utils.clip_grads_with_norm_(params, gradient_clip_val, torch.tensor(total))
+            return
+        # On a GPU the norm stays there: reading it would make the host wait for the step. A fused optimizer divides
+        # by a scale >= 1 (exactly 1 within bounds; nan when the norm is not finite, as clip_grad_norm_).
+        total_norm = torch.nn.utils.get_total_norm(grads)
+        if fused:
+            optimizer.grad_scale = ((total_norm + 1e-6) / gradient_clip_val).clamp_(min=1.0)
         else:
-            total = float(torch.nn.utils.get_total_norm(grads))
-        clipping = not total <= gradient_clip_val  # also when the norm is not finite: scaled to nan, as clip_grad_norm_
-        if optimizer.defaults.get("fused"):
-            # PyTorch's fused kernels divide each gradient by the optimizer's grad_scale as they read it (the hook
-            # GradScaler uses) and write it back: clip_grad_norm_'s scaling for free, instead of a pass over every
-            # gradient that costs ~5 % of an MLP's step on CPU. Set at every step, so it never outlives one.
-            optimizer.grad_scale = torch.tensor((total + 1e-6) / gradient_clip_val) if clipping else None
-        elif clipping:
-            torch.nn.utils.clip_grads_with_norm_(params, gradient_clip_val, torch.tensor(total))
+            torch.nn.utils.clip_grads_with_norm_(params, gradient_clip_val, total_norm)
 
     def on_train_start(self) -> None:
         # The cosine schedules learn their length here, not in configure_optimizers: asking the trainer for the number
@@ -306,21 +316,26 @@ class ImageClassifier(L.LightningModule):
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine(warmup_epochs))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    def _reads_norm_on_host(self) -> bool:
+        """Whether gradient clipping reads the norm as a Python number: on CPU, where that waits for nothing."""
+        return self.device.type == "cpu"
+
     def _fused_optimizer(self, params: list[Tensor]) -> bool | None:
         """``True`` where PyTorch has a fused kernel for every parameter, else ``None`` (PyTorch's default).
 
-        The fused kernel is the same update in one pass over each tensor instead of a dozen; on CPU, where PyTorch's
-        default is a Python loop of per-tensor ops, Adam's step gets ~3x faster (a fifth of an MLP's step on MNIST).
-        Lightning refuses fused optimizers (they can unscale gradients inside ``step()``) with a ``GradScaler``
-        (``16-mixed``), and with gradient clipping under its mixed-precision plugins (``bf16-mixed`` too): there the
-        default implementation is kept.
+        The fused kernel is the same update in one pass over each tensor instead of a dozen: on CPU, where PyTorch's
+        default is a Python loop of per-tensor ops, Adam's step gets ~3x faster (a fifth of an MLP's step on MNIST);
+        on a GPU it is a few kernel launches instead of dozens. Lightning refuses fused optimizers (they can unscale
+        gradients inside ``step()``) with a ``GradScaler`` (``16-mixed``), and with gradient clipping under its
+        mixed-precision plugin; the template's own clipping (:meth:`configure_gradient_clipping`) works with them
+        wherever there is no ``GradScaler``. Elsewhere PyTorch's default implementation is kept.
         """
         trainer = self._trainer
         if trainer is not None:
-            plugin = trainer.precision_plugin
-            if getattr(plugin, "scaler", None) is not None:
+            if getattr(trainer.precision_plugin, "scaler", None) is not None:
                 return None
-            if trainer.gradient_clip_val and type(plugin).clip_gradients is not Precision.clip_gradients:
+            clips_itself = trainer.gradient_clip_algorithm in (None, "norm") and _clips_like_torch(self)
+            if trainer.gradient_clip_val and not clips_itself:
                 return None
         return True if _fused_supported(params) else None
 
@@ -359,6 +374,33 @@ def _fused_supported(params: list[Tensor]) -> bool:
 
 
 _FUSED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+def _clips_like_torch(model: L.LightningModule) -> bool:
+    """Whether the trainer's precision plugin clips gradients as ``clip_grad_norm_`` on the gradients as they are.
+
+    True for full, half and bf16-mixed precision (whose only addition is refusing fused optimizers); false with a
+    ``GradScaler`` and for plugins with their own clipping (FSDP, DeepSpeed).
+    """
+    trainer = model._trainer
+    if trainer is None:
+        return True
+    plugin = trainer.precision_plugin
+    return (
+        getattr(plugin, "scaler", None) is None
+        and type(plugin).clip_gradients in (Precision.clip_gradients, MixedPrecision.clip_gradients)
+        and type(plugin).clip_grad_by_norm is Precision.clip_grad_by_norm
+    )
+
+
+def _host_total_norm(grads: list[Tensor]) -> float:
+    """The gradients' total 2-norm as a Python float (CPU tensors: reading it waits for nothing)."""
+    if all(grad.dtype in (torch.float32, torch.float64) and not grad.is_sparse for grad in grads):
+        # The squared norm as one dot product per tensor, summed in float64: ~4x faster on CPU than PyTorch's
+        # per-tensor norms (torch._foreach_norm loops over them there), ~0.1 ms of an MLP's 3 ms step.
+        flats = [grad.reshape(-1) for grad in grads]
+        return math.sqrt(sum(float(torch.dot(flat, flat)) for flat in flats))
+    return float(torch.nn.utils.get_total_norm(grads))
 
 
 class _cosine:  # noqa: N801 - a picklable function object (LambdaLR saves plain attributes, not closures)
