@@ -108,6 +108,32 @@ def test_each_epoch_is_a_permutation_in_its_own_order(mnist: MNISTDataModule) ->
     assert all(not torch.equal(a, b) for i, a in enumerate(orders) for b in orders[i + 1 :])
 
 
+@pytest.mark.parametrize("block_batches", [1, 3, None], ids=["block=1", "block=3", "one-block"])
+@pytest.mark.parametrize(("batch_size", "drop_last", "done"), [(32, False, 0), (30, True, 0), (30, False, 5)])
+def test_batches_are_the_rows_of_the_order_whatever_the_block(
+    mnist: MNISTDataModule, block_batches: int | None, batch_size: int, drop_last: bool, done: int
+) -> None:
+    # The loader gathers a block of batches at a time (bounded memory): blocks of one batch, of three (not a
+    # divisor of the epoch), or the whole epoch give the same batches, also when the last one is partial or
+    # dropped, and when a resumed epoch starts after `done` batches.
+    images, labels = mnist.splits["train"]
+    loader = _loader(mnist, seed=11, batch_size=batch_size, drop_last=drop_last)
+    sample_bytes = images[0].numel()
+    if block_batches is not None:
+        loader.BLOCK_BYTES = block_batches * batch_size * sample_bytes
+    loader.load_state_dict({"epoch": 2, "batches_done": done})
+    loader.set_epoch(2)
+    batches = list(loader)
+    order = loader.indices()
+    expected = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+    if drop_last:
+        expected = [index for index in expected if len(index) == batch_size]
+    expected = expected[done:]
+    assert len(batches) == len(expected) == len(loader) - done and loader.state_dict()["batches_done"] == len(loader)
+    for (batch_images, batch_labels), index in zip(batches, expected, strict=True):
+        assert torch.equal(batch_images, images[index]) and torch.equal(batch_labels, labels[index])
+
+
 def test_order_depends_only_on_seed_and_epoch(mnist: MNISTDataModule) -> None:
     first, second, other_seed = _loader(mnist, seed=3), _loader(mnist, seed=3), _loader(mnist, seed=4)
     for epoch in range(3):
