@@ -243,3 +243,29 @@ def test_gpu_run_uses_bf16_and_keeps_the_data_on_the_device(
     assert summary["accelerator"] == "cuda"
     expected = "bf16-mixed" if torch.cuda.is_bf16_supported() else "32-true"
     assert summary["precision"] == expected
+
+
+def test_lightning_advertisement_is_dropped_and_its_other_messages_kept() -> None:
+    import logging
+
+    from lightning import Trainer
+
+    import project.cli  # noqa: F401 - installs the filter
+
+    records: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record.getMessage())
+
+    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    handler, level = Collect(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert any("GPU available" in message for message in records), records
+    assert not any("litlogger" in message for message in records), records

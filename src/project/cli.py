@@ -15,6 +15,7 @@ by SIGTERM or SIGINT writes ``last.ckpt`` and exits 128 + the signal number (143
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
@@ -50,6 +51,17 @@ from project.errors import UserError
 from project.loggers import WANDB_RUN_ID_KEY, WandbOptions, finish_wandb, make_loggers, wandb_callbacks
 
 PACKAGE_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+class _WithoutLitLoggerTip(logging.Filter):
+    """Drops the one message Lightning (2.6) logs at every ``Trainer`` start to advertise its cloud logger: this
+    template logs to CSV and W&B. Every other message of that logger goes through."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "try installing [litlogger]" not in str(record.msg)
+
+
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_WithoutLitLoggerTip())
 DEFAULT_MODEL = "mlp"
 DEFAULT_DATA = {"resnet": "cifar10"}  # every other model defaults to mnist
 SHORT_FLAGS = {
