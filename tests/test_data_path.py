@@ -398,6 +398,33 @@ def test_fused_optimizer_where_clipping_allows_it(
     assert bool(trainer.optimizers[0].defaults["fused"]) is fused
 
 
+@pytest.mark.parametrize(("precision", "dtype"), [("bf16-true", torch.bfloat16), ("64-true", torch.float64)])
+def test_batches_take_the_dtype_of_the_weights(data_root: Path, precision: str, dtype: torch.dtype) -> None:
+    # With weights in bf16 or float64, Lightning casts floating-point batches before they reach the device, when
+    # the template's are still uint8: the data module casts its normalized batches the same way, in training,
+    # validation and test.
+    import lightning as L
+
+    from project.models import MLP
+
+    seen: set[torch.dtype] = set()
+
+    class Inspect(L.Callback):
+        def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx) -> None:
+            seen.add(batch[0].dtype)
+
+        def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+            seen.add(batch[0].dtype)
+
+    model = MLP(hidden_sizes=[32])
+    data = MNISTDataModule(root=str(data_root), batch_size=32, val_size=64, download=False)
+    trainer = quiet_trainer(precision=precision, max_epochs=1, limit_train_batches=4, callbacks=[Inspect()])
+    trainer.fit(model, datamodule=data)
+    (result,) = trainer.test(model, datamodule=data, verbose=False)
+    assert seen == {dtype} and next(model.parameters()).dtype == dtype
+    assert math.isfinite(result["test/loss"])
+
+
 # ---------------------------------------------------------------------------------------------- accuracy and speed
 def _context(root: Path, tmp_path: Path, *options: str) -> benchmark.Context:
     args = benchmark.parse_args(["--data.root", str(root), "--runs", "A,C", *options])

@@ -318,6 +318,15 @@ class ImageDataModule(L.LightningDataModule):
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         images, labels = batch
         trainer = self.trainer
+        images = self._network_input(images, trainer)
+        if trainer is not None:
+            # Lightning casts floating-point batches to the weights' dtype (bf16-true, 16-true, 64-true) before this
+            # hook, when these were still uint8: the same cast, here. Every other precision leaves them unchanged.
+            images = trainer.precision_plugin.convert_input(images)
+        return images, labels
+
+    def _network_input(self, images: Tensor, trainer: L.Trainer | None) -> Tensor:
+        """A ``uint8`` batch on the device → resized, augmented (training only), normalized float32 batch."""
         model = trainer.lightning_module if trainer is not None else None
         memory_format = getattr(model, "input_memory_format", torch.contiguous_format)
         size = self.input_shape[1:]
@@ -328,7 +337,7 @@ class ImageDataModule(L.LightningDataModule):
             images, augment = augment(images), None
         if not resize and augment is None and self.normalizer is not None:
             # uint8 → normalized float32 in the network's memory layout, in one pass over the batch.
-            return self.normalizer.from_uint8(images, memory_format), labels
+            return self.normalizer.from_uint8(images, memory_format)
         images = images.float().div_(255)
         if resize:
             # Antialiasing changes only shrinking; enlarging (CIFAR to 224 px) gives the same values without it.
@@ -337,8 +346,8 @@ class ImageDataModule(L.LightningDataModule):
         if augment is not None:
             images = augment(images)
         if self.normalizer is not None:
-            return self.normalizer(images, memory_format), labels
-        return images.contiguous(memory_format=memory_format), labels
+            return self.normalizer(images, memory_format)
+        return images.contiguous(memory_format=memory_format)
 
 
 def _match_channels(

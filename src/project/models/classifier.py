@@ -253,7 +253,8 @@ class ImageClassifier(L.LightningModule):
         # by a scale >= 1 (exactly 1 within bounds; nan when the norm is not finite, as clip_grad_norm_).
         total_norm = torch.nn.utils.get_total_norm(grads)
         if fused:
-            optimizer.grad_scale = ((total_norm + 1e-6) / gradient_clip_val).clamp_(min=1.0)
+            # float32 whatever the gradients' dtype (bf16 weights give a bf16 norm): the fused kernels read it so.
+            optimizer.grad_scale = ((total_norm.float() + 1e-6) / gradient_clip_val).clamp_(min=1.0)
         else:
             torch.nn.utils.clip_grads_with_norm_(params, gradient_clip_val, total_norm)
 
