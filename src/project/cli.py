@@ -62,6 +62,7 @@ class _WithoutLitLoggerTip(logging.Filter):
 
 
 logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_WithoutLitLoggerTip())
+
 DEFAULT_MODEL = "mlp"
 DEFAULT_DATA = {"resnet": "cifar10"}  # every other model defaults to mnist
 SHORT_FLAGS = {
