@@ -151,6 +151,9 @@ def test_corrupt_data_through_the_cli_is_exit_2_before_training(
         (["--data.no_such_option", "1"], "no_such_option"),
         (["--trainer.no_such_option", "1"], "no_such_option"),
         (["--config", "unknown_key.yaml"], "nonsense"),
+        # Refused by Lightning once it sees the data, as fit starts: a raised MisconfigurationException, a ValueError.
+        (["--trainer.limit_val_batches", "0.0001"], "limit_val_batches"),
+        (["--trainer.val_check_interval", "100"], "val_check_interval"),
     ],
 )
 def test_impossible_config_is_one_line_exit_2_before_training(
@@ -167,3 +170,19 @@ def test_impossible_config_is_one_line_exit_2_before_training(
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and expected in errors[0], errors
     assert not list(tmp_path.glob("runs/*/checkpoints")) and not list(tmp_path.glob("runs/*/metrics.csv"))
+
+
+def test_a_value_error_from_the_model_keeps_its_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, data_root: Path
+) -> None:
+    # Only Lightning's own refusals of a setting become one-line errors; a ValueError raised by code (here the
+    # model's training step) is a bug, and propagates with its traceback.
+    from project.models import MLP
+
+    def broken_step(self, batch, batch_idx):
+        raise ValueError("a bug in the model")
+
+    monkeypatch.setattr(MLP, "training_step", broken_step)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="a bug in the model"):
+        main([*TINY, "--data.root", str(data_root)])

@@ -22,6 +22,7 @@ import shutil
 import signal
 import sys
 import time
+import traceback
 import warnings
 from pathlib import Path
 from typing import Any
@@ -424,6 +425,14 @@ def main(argv: list[str] | None = None) -> int:
         if cli is not None:
             cli.discard_unused_run_dir()
         return error.exit_code
+    except (MisconfigurationException, ValueError) as error:
+        if not _lightning_refused_a_setting(error):
+            raise  # a bug, in the model or here: the traceback is what its author needs
+        # e.g. --trainer.limit_val_batches 0.01 of 50 batches, or a val_check_interval longer than the epoch
+        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
+        if cli is not None:
+            cli.discard_unused_run_dir()
+        return 2
     except NonFiniteLossError as error:  # not a usage mistake (2): the run itself failed
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -436,6 +445,20 @@ def main(argv: list[str] | None = None) -> int:
     if summary["signal"]:
         return 128 + signal.Signals[summary["signal"]]  # the shell's convention: 143 for SIGTERM, 130 for SIGINT
     return 130 if summary["interrupted"] else 0
+
+
+def _lightning_refused_a_setting(error: Exception) -> bool:
+    """Whether ``error`` is Lightning refusing a trainer setting once it sees the data, as training starts.
+
+    Its ``MisconfigurationException`` always is; a ``ValueError`` is when Lightning itself raised it while setting up
+    the loops' data (``fit_loop.setup_data``: the batch limits and validation interval against the loaders' lengths).
+    Any other ``ValueError`` is a bug and keeps its traceback.
+    """
+    if isinstance(error, MisconfigurationException):
+        return True
+    frames = traceback.extract_tb(error.__traceback__)
+    raised_in_lightning = bool(frames) and "lightning" in Path(frames[-1].filename).parts
+    return raised_in_lightning and any(frame.name == "setup_data" for frame in frames)
 
 
 _NOISE = (
