@@ -205,9 +205,12 @@ def test_resized_batch_is_interpolated_then_normalized(data_root: Path) -> None:
 
 # ---------------------------------------------------------------------------------------------- augmentation
 def _training_trainer(memory_format: torch.memory_format | None = None) -> SimpleNamespace:
-    """What on_after_batch_transfer asks of its trainer: training, and the layout its model wants (if any)."""
+    """What on_after_batch_transfer asks of its trainer: training, the layout its model wants (if any), and the
+    precision plugin's cast of the inputs (full precision: none)."""
+    from lightning.pytorch.plugins.precision import Precision
+
     model = SimpleNamespace(input_memory_format=memory_format) if memory_format is not None else None
-    return SimpleNamespace(training=True, lightning_module=model)
+    return SimpleNamespace(training=True, lightning_module=model, precision_plugin=Precision())
 
 
 def test_random_crop_is_a_window_of_the_zero_padded_image() -> None:
