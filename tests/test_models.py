@@ -288,3 +288,23 @@ def test_warm_up_counts_epochs_of_steps_when_training_is_limited_by_steps(data_r
     trainer.fit(model, datamodule=data)
     schedule = trainer.lr_scheduler_configs[0].scheduler.lr_lambdas[0]
     assert (schedule.total_steps, schedule.warmup_steps) == (30, 10)
+
+
+@pytest.mark.slow
+def test_compiled_network_trains_and_its_checkpoint_loads_uncompiled(data_root: Path, tmp_path: Path) -> None:
+    # --model.compile (torch.compile through Module.compile): the same parameter names
+    # in the checkpoint as without it, so the checkpoint loads into a plain model and predicts what the compiled
+    # one did.
+    model = MLP(hidden_sizes=[32], compile=True)
+    data = MNISTDataModule(root=str(data_root), batch_size=32, val_size=64, download=False)
+    trainer = quiet_trainer(max_epochs=1, limit_train_batches=5, default_root_dir=tmp_path, enable_checkpointing=True)
+    trainer.fit(model, datamodule=data)
+    assert model._compiled and trainer.global_step == 5
+    path = trainer.checkpoint_callback.best_model_path
+    state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+    assert set(state) == set(MLP(hidden_sizes=[32], num_classes=10, input_shape=(1, 28, 28)).state_dict())
+    plain = MLP.load_from_checkpoint(path, weights_only=True, compile=False).eval()
+    assert not getattr(plain, "_compiled", False)
+    images = torch.randn(8, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(plain(images), model.eval()(images), rtol=1e-5, atol=1e-5)
