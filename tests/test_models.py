@@ -292,9 +292,8 @@ def test_warm_up_counts_epochs_of_steps_when_training_is_limited_by_steps(data_r
 
 @pytest.mark.slow
 def test_compiled_network_trains_and_its_checkpoint_loads_uncompiled(data_root: Path, tmp_path: Path) -> None:
-    # --model.compile (torch.compile through Module.compile): the same parameter names
-    # in the checkpoint as without it, so the checkpoint loads into a plain model and predicts what the compiled
-    # one did.
+    # --model.compile (torch.compile through Module.compile): the same parameter names in the checkpoint as
+    # without it, so the checkpoint loads into a plain model, which predicts what the compiled one did.
     model = MLP(hidden_sizes=[32], compile=True)
     data = MNISTDataModule(root=str(data_root), batch_size=32, val_size=64, download=False)
     trainer = quiet_trainer(max_epochs=1, limit_train_batches=5, default_root_dir=tmp_path, enable_checkpointing=True)
