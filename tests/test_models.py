@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
 import lightning as L
@@ -202,30 +204,50 @@ def test_unfreeze_at_epoch_adds_the_backbone_to_the_optimizer(tmp_path: Path, da
     assert not torch.equal(pretrained.network.layer4[0].conv1.weight, model.network.layer4[0].conv1.weight)
 
 
-@pytest.mark.parametrize("on_host", [True, False], ids=["cpu-path", "gpu-path"])
+@contextlib.contextmanager
+def _raising_on_device_sync(device: str) -> Iterator[None]:
+    """On a GPU, CUDA's sync debug mode raises at any operation that makes the host wait for the device."""
+    if device != "cuda":
+        yield
+        return
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.parametrize(
+    ("device", "on_host"),
+    [("cpu", True), ("cpu", False), pytest.param("cuda", False, marks=pytest.mark.gpu)],
+    ids=["cpu-path", "gpu-path-on-cpu", "gpu-path-on-gpu"],
+)
 @pytest.mark.parametrize("fused", [False, True])
 @pytest.mark.parametrize("scale", [1e-3, 1e2, float("nan")])
 def test_gradient_clipping_equals_clip_grad_norm(
-    scale: float, fused: bool, on_host: bool, monkeypatch: pytest.MonkeyPatch
+    scale: float, fused: bool, device: str, on_host: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The template's clipping against PyTorch's clip_grad_norm_ before the same optimizer's step, on both of its
-    # paths: the CPU one (reads the norm) and the GPU one (keeps it a tensor; run here on CPU tensors, as the fused
-    # CPU kernels take a grad_scale too). With a fused optimizer the scaling happens inside its step (grad_scale),
-    # so compare after the step: parameters and the gradients it leaves. Two steps: the first clipped (or not), the
-    # second within bounds, so a scale set for the first must not leak into the second.
-    monkeypatch.setattr(MLP, "_reads_norm_on_host", lambda self: on_host)
-    model = MLP(num_classes=10, input_shape=(1, 28, 28))
+    # paths: the CPU one (reads the norm) and the GPU one (keeps it a tensor), the latter also run on CPU tensors,
+    # as the fused CPU kernels take a grad_scale too. On a GPU, nothing in the clipping or the step may wait for
+    # the device. With a fused optimizer the scaling happens inside its step (grad_scale), so compare after the
+    # step: parameters and the gradients it leaves. Two steps: the first clipped (or not), the second within
+    # bounds, so a scale set for the first must not leak into the second.
+    if device == "cpu":
+        monkeypatch.setattr(MLP, "_reads_norm_on_host", lambda self: on_host)
+    model = MLP(num_classes=10, input_shape=(1, 28, 28)).to(device)
     reference = [parameter.detach().clone().requires_grad_() for parameter in model.parameters()]
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2, fused=fused)
     reference_optimizer = torch.optim.Adam(reference, lr=1e-2, fused=fused)
     generator = torch.Generator().manual_seed(0)
     for step, step_scale in enumerate([scale, 1e-3]):
         for parameter, copy in zip(model.parameters(), reference, strict=True):
-            parameter.grad = torch.randn(parameter.shape, generator=generator) * step_scale
+            parameter.grad = (torch.randn(parameter.shape, generator=generator) * step_scale).to(device)
             copy.grad = parameter.grad.clone()
-        model.configure_gradient_clipping(optimizer, gradient_clip_val=1.0, gradient_clip_algorithm="norm")
+        with _raising_on_device_sync(device):
+            model.configure_gradient_clipping(optimizer, gradient_clip_val=1.0, gradient_clip_algorithm="norm")
+            optimizer.step()
         torch.nn.utils.clip_grad_norm_(reference, max_norm=1.0)
-        optimizer.step()
         reference_optimizer.step()
         # Never clipped: bit for bit. Clipped: equal to the rounding of the norm (the CPU path sums it in float64,
         # PyTorch in float32 over 535k values, ~3e-6) and of dividing by a scale instead of multiplying.
