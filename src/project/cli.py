@@ -421,18 +421,12 @@ def main(argv: list[str] | None = None) -> int:
         cli = TemplateCLI(expand_args(argv))
         summary = train(cli)
     except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        if cli is not None:
-            cli.discard_unused_run_dir()
-        return error.exit_code
+        return _report(error, cli)
     except (MisconfigurationException, ValueError) as error:
         if not _lightning_refused_a_setting(error):
             raise  # a bug, in the model or here: the traceback is what its author needs
         # e.g. --trainer.limit_val_batches 0.01 of 50 batches, or a val_check_interval longer than the epoch
-        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
-        if cli is not None:
-            cli.discard_unused_run_dir()
-        return 2
+        return _report(UserError(" ".join(str(error).split())), cli)
     except NonFiniteLossError as error:  # not a usage mistake (2): the run itself failed
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -445,6 +439,14 @@ def main(argv: list[str] | None = None) -> int:
     if summary["signal"]:
         return 128 + signal.Signals[summary["signal"]]  # the shell's convention: 143 for SIGTERM, 130 for SIGINT
     return 130 if summary["interrupted"] else 0
+
+
+def _report(error: UserError, cli: TemplateCLI | None) -> int:
+    """Print a user's mistake as one line, remove the run directory if nothing was saved in it; the exit code."""
+    print(f"error: {error}", file=sys.stderr)
+    if cli is not None:
+        cli.discard_unused_run_dir()
+    return error.exit_code
 
 
 def _lightning_refused_a_setting(error: Exception) -> bool:
