@@ -40,7 +40,7 @@ class UnfreezeBackbone(BaseFinetuning):
             return
         backbone = pl_module.backbone
         if _holds(optimizer, backbone):
-            # Resumed after the unfreeze: Lightning restored the param group; requires_grad is not saved.
+            # Already unfrozen (at an earlier epoch, or restored from a checkpoint, where requires_grad is not saved).
             self.make_trainable(backbone)
         else:
             head = optimizer.param_groups[0]
