@@ -10,7 +10,8 @@ import torch
 import yaml
 from conftest import TINY, run_train
 
-from project.cli import expand_args, main, short_names
+from project.cli import main
+from project.configs import expand_args, short_names
 
 
 def _only_run(runs: Path) -> Path:

@@ -26,8 +26,8 @@ from torchvision import datasets, transforms
 from torchvision.transforms.v2 import functional as TF
 
 from project import benchmark
-from project.datamodules.base import InMemoryLoader
 from project.datamodules.cifar10 import CIFAR10DataModule
+from project.datamodules.loaders import InMemoryLoader
 from project.datamodules.mnist import MNISTDataModule
 from project.datamodules.transforms import (
     BatchAugment,
@@ -330,7 +330,8 @@ def test_training_steps_do_not_read_device_values_on_the_host(
     """A tensor turned into a Python value waits for the GPU: only every log_every_n_steps and at bar redraws."""
     import lightning as L
 
-    from project.cli import TemplateCLI, expand_args
+    from project.cli import TemplateCLI
+    from project.configs import expand_args
 
     reads: list[str] = []
     counting = {"on": False}

@@ -15,7 +15,8 @@ import lightning as L
 import pytest
 import torch
 
-from project.cli import TemplateCLI, expand_args
+from project.cli import TemplateCLI
+from project.configs import expand_args
 from project.datamodules.transforms import BatchAugment
 
 pytestmark = pytest.mark.gpu

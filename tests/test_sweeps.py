@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 import yaml
 
-from project.cli import TemplateCLI, expand_args
+from project.cli import TemplateCLI
+from project.configs import expand_args
 
 wandb_sweep_utils = pytest.importorskip("wandb.sdk.launch.sweeps.utils")
 

@@ -17,7 +17,8 @@ from conftest import TRAIN_SCRIPT
 from PIL import Image
 
 from project import evaluate, predict
-from project.cli import main, short_names
+from project.cli import main
+from project.configs import short_names
 
 MY_MODELS = '''
 """My model: one ImageClassifier subclass that builds its network; training, metrics, optimizers are inherited."""

@@ -48,10 +48,9 @@ from project.callbacks.progress import ThrottledRichProgressBar
 from project.callbacks.rng_state import RNGStateCheckpoint
 from project.callbacks.signals import GracefulInterrupt, TrainingInterrupted
 from project.checkpoint import load_checkpoint_file
+from project.configs import PACKAGE_CONFIGS, expand_args, short_names
 from project.errors import UserError
 from project.loggers import WANDB_RUN_ID_KEY, WandbOptions, finish_wandb, make_loggers, wandb_callbacks
-
-PACKAGE_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 class _WithoutLitLoggerTip(logging.Filter):
@@ -63,117 +62,6 @@ class _WithoutLitLoggerTip(logging.Filter):
 
 
 logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_WithoutLitLoggerTip())
-
-DEFAULT_MODEL = "mlp"
-DEFAULT_DATA = {"resnet": "cifar10"}  # every other model defaults to mnist
-SHORT_FLAGS = {
-    "--precision": "--trainer.precision",
-    "--accelerator": "--trainer.accelerator",
-    "--devices": "--trainer.devices",
-    "--strategy": "--trainer.strategy",
-    "--num_nodes": "--trainer.num_nodes",
-    "--max_epochs": "--trainer.max_epochs",
-    "--seed": "--seed_everything",
-}
-
-
-# ---------------------------------------------------------------------------------------------- short names
-def config_dirs() -> list[Path]:
-    """Where short names are looked up: ``./configs`` first (your project), then the template's own."""
-    dirs = [Path.cwd() / "configs", PACKAGE_CONFIGS]
-    return list(dict.fromkeys(path.resolve() for path in dirs if path.is_dir()))
-
-
-def short_names(group: str) -> dict[str, Path]:
-    """``{name: yaml}`` for every ``configs/<group>/<name>.yaml``; earlier directories win."""
-    names: dict[str, Path] = {}
-    for directory in reversed(config_dirs()):
-        names.update({path.stem: path for path in sorted((directory / group).glob("*.yaml"))})
-    return names
-
-
-def _resolve_name(group: str, value: str) -> str:
-    """A short name → its YAML; a class path or a YAML file passes through; anything else is an error."""
-    names = short_names(group)
-    if value in names:
-        return str(names[value])
-    if "." in value or "/" in value or value[:1].isupper():
-        return value  # a class path, a class name or a config file: the parser validates it
-    raise UserError(
-        f"unknown --{group} {value!r}: choose one of {', '.join(sorted(names))}, or give a class path "
-        f"(e.g. my_package.MyModel) or a YAML file"
-    )
-
-
-def expand_args(argv: list[str]) -> list[str]:
-    """Rewrite the template's short forms into plain LightningCLI arguments."""
-    args: list[str] = []
-    for arg in argv:  # --flag=value → --flag value, for the flags rewritten below
-        flag, eq, value = arg.partition("=")
-        if eq and flag in {"--model", "--data", "--resume", *SHORT_FLAGS}:
-            args += [flag, value]
-        else:
-            args.append(arg)
-
-    out: list[str] = []
-    model_name = data_name = None
-    index = 0
-    while index < len(args):
-        arg = args[index]
-        value = args[index + 1] if index + 1 < len(args) else None
-        if arg in ("--model", "--data") and value is not None and not value.startswith("--"):
-            group = arg[2:]
-            if group == "model":
-                model_name = value
-            else:
-                data_name = value
-            out += [arg, _resolve_name(group, value)]
-            index += 2
-            continue
-        if arg in SHORT_FLAGS and value is not None:
-            if arg == "--precision" and value == "auto":
-                value = "null"
-            out += [SHORT_FLAGS[arg], value]
-            index += 2
-            continue
-        if arg == "--compile":
-            out += ["--model.compile", "true"]
-            index += 1
-            continue
-        out.append(arg)
-        index += 1
-
-    for group in ("--model", "--data"):
-        out = _choice_before_options(out, group)
-    # Defaults go first so that --config files and explicit flags, which come later, override them.
-    defaults: list[str] = []
-    if model_name is None:
-        defaults += ["--model", _resolve_name("model", DEFAULT_MODEL)]
-    if data_name is None:
-        data_default = DEFAULT_DATA.get(model_name or DEFAULT_MODEL, "mnist")
-        defaults += ["--data", _resolve_name("data", data_default)]
-    resume = _flag_value(out, "--resume")
-    if resume is not None:
-        run_dir, _ = rundir.find_resume_checkpoint(resume, _flag_value(out, "--trainer.default_root_dir") or "runs")
-        # The run's own config comes right after the defaults: the run continues as it was configured.
-        defaults += ["--config", str(run_dir / rundir.CONFIG), "--run_dir", str(run_dir)]
-    return defaults + out
-
-
-def _choice_before_options(args: list[str], group: str) -> list[str]:
-    """Move ``--model X`` before the first ``--model.*`` option: jsonargparse needs the class before its options."""
-    choices = [i for i, arg in enumerate(args[:-1]) if arg == group]
-    options = [i for i, arg in enumerate(args) if arg.startswith(group + ".")]
-    if not choices or not options or choices[-1] < options[0]:
-        return args
-    choice = args[choices[-1] : choices[-1] + 2]
-    rest = args[: choices[-1]] + args[choices[-1] + 2 :]
-    return rest[: options[0]] + choice + rest[options[0] :]
-
-
-def _flag_value(args: list[str], flag: str) -> str | None:
-    values = [args[i + 1] for i, arg in enumerate(args[:-1]) if arg == flag]
-    return values[-1] if values else None
 
 
 # ---------------------------------------------------------------------------------------------- the CLI

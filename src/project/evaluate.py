@@ -28,7 +28,7 @@ from project import rundir
 from project.callbacks.dashboard import ClassificationDashboard
 from project.callbacks.progress import ThrottledRichProgressBar
 from project.checkpoint import load_checkpoint_file, model_from_checkpoint
-from project.cli import short_names
+from project.configs import short_names
 from project.errors import UserError, first_line
 
 _LIGHTNING_KEYS = ("_class_path", "_instantiator")

@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import functools
 import io
-import itertools
 import math
 import os
 import warnings
-from collections.abc import Iterable, Iterator, Sequence, Sized
+from collections.abc import Iterable, Sequence
 from typing import Any, Literal, NamedTuple
 
 import numpy as np
@@ -29,11 +28,12 @@ import torch
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import DataLoader, Dataset
 from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms.v2 import functional as TF
 
-from project.datamodules.base import EpochPosition, ImageDataModule, InMemoryLoader, loader_seed
+from project.datamodules.base import ImageDataModule
+from project.datamodules.loaders import EpochSeededSampler, InMemoryLoader, ResumableDataLoader, loader_seed
 from project.datamodules.transforms import Normalize
 from project.errors import DataError, first_line
 
@@ -313,54 +313,6 @@ class FolderDataModule(ImageDataModule):
 
     def test_dataloader(self) -> InMemoryLoader | DataLoader:
         return self._loader("test", shuffle=False)
-
-
-class EpochSeededSampler(RandomSampler):
-    """A random order that depends only on ``(seed, epoch)``: the same in every run and after a resume.
-
-    Lightning calls ``set_epoch`` at the start of every epoch; under DDP it replaces any ``RandomSampler`` with its
-    ``DistributedSampler``, which is seeded the same way.
-    """
-
-    def __init__(self, data_source: Sized, seed: int) -> None:
-        super().__init__(data_source)
-        self.seed, self.epoch = seed, 0
-        self.skip = 0  # leading indices of the next iteration to leave out (a resume in the middle of an epoch)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self) -> Iterator[int]:
-        self.generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        skip, self.skip = self.skip, 0
-        return itertools.islice(super().__iter__(), skip, None)
-
-
-class ResumableDataLoader(EpochPosition, DataLoader):
-    """A ``DataLoader`` over a seeded sampler that resumes in the middle of an epoch (:class:`EpochPosition`).
-
-    The epoch then goes on with the batches not trained on yet, which are those the interrupted run would have seen
-    next, since the order depends only on ``(seed, epoch)``. An :class:`EpochSeededSampler` leaves the done ones out
-    without reading them; with another sampler (Lightning's ``DistributedSampler`` under DDP) they are loaded and
-    dropped.
-    """
-
-    def _epoch(self) -> int:
-        return getattr(self.sampler, "epoch", 0)
-
-    def __iter__(self) -> Iterator[Any]:
-        # A generator: this body runs at the first next(), after Lightning's set_epoch() and load_state_dict().
-        done = self._begin_epoch()
-        drop = 0
-        if isinstance(self.sampler, EpochSeededSampler):
-            self.sampler.skip = done * self.batch_size
-        else:
-            drop = done
-        for index, batch in enumerate(super().__iter__()):
-            if index < drop:
-                continue
-            self._yielded += 1
-            yield batch
 
 
 class FolderImageDataset(Dataset):
