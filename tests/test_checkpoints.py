@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import builtins
+import json
+import os
 import pickle
 import re
 import shutil
@@ -11,10 +13,14 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 from conftest import REPO, TINY, run_train
+from torch import nn
 
+from project import export
+from project.callbacks.atomic_io import AtomicCheckpointIO
 from project.checkpoint import load_checkpoint_file, load_model
 from project.cli import main
 from project.errors import CheckpointError
@@ -102,6 +108,57 @@ def test_nothing_in_the_project_loads_with_weights_only_false() -> None:
             if re.search(r"weights_only\s*=\s*False", code) and "save_checkpoint(" not in code:
                 offenders.append(f"{path.relative_to(REPO)}:{number}: {line.strip()}")
     assert offenders == []
+
+
+class PretrainedNet(L.LightningModule):
+    """Reads "pretrained weights" in ``__init__`` unless ``weights="none"``, as ResNet does: offline, that fails."""
+
+    restore_overrides = {"weights": "none"}
+
+    def __init__(self, width: int = 3, weights: str = "imagenet") -> None:
+        super().__init__()
+        if weights != "none":
+            raise OSError("the ImageNet weights cannot be downloaded here")
+        self.save_hyperparameters()
+        self.network = nn.Linear(width, 2)
+
+
+@pytest.mark.parametrize("source", ["checkpoint", "safetensors"])
+def test_rebuilding_a_model_reads_no_pretrained_weights_and_keeps_its_hparams(tmp_path: Path, source: str) -> None:
+    trained = PretrainedNet(width=4, weights="none")
+    hparams = {"width": 4, "weights": "imagenet"}  # as training saved them
+    class_path = f"{PretrainedNet.__module__}.{PretrainedNet.__qualname__}"
+    if source == "checkpoint":
+        path = tmp_path / "pretrained.ckpt"
+        saved = {**hparams, "_class_path": class_path, "_instantiator": "lightning.pytorch.cli.instantiate_module"}
+        torch.save({"state_dict": trained.state_dict(), "hyper_parameters": saved}, path)
+        model = load_model(path)
+    else:
+        pytest.importorskip("safetensors")
+        path = tmp_path / "pretrained.safetensors"
+        meta = {"model_class": class_path, "hyper_parameters": json.dumps(hparams), "output": "logits"}
+        export.export_safetensors(trained.network, torch.zeros(2, 4), path, meta)
+        model, _ = export.load_safetensors(path)
+    assert type(model) is PretrainedNet and not model.training
+    assert dict(model.hparams) == hparams  # still describes itself as trained from ImageNet weights
+    for name, value in trained.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[name], value)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="file modes and the umask are POSIX")
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_checkpoint_file_mode_follows_the_umask_as_a_plain_torch_save(tmp_path: Path, umask: int, mode: int) -> None:
+    # Teammates sharing a run directory read its checkpoints when the umask lets them (not mkstemp's 0600).
+    previous = os.umask(umask)
+    try:
+        AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.ones(2)}}, tmp_path / "a.ckpt")
+        torch.save({"w": torch.ones(2)}, tmp_path / "plain.ckpt")
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "a.ckpt").stat().st_mode & 0o777 == mode
+    assert (tmp_path / "plain.ckpt").stat().st_mode & 0o777 == mode  # what the umask gives a plain torch.save
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["a.ckpt", "plain.ckpt"]  # no temporary file left
+    assert load_checkpoint_file(tmp_path / "a.ckpt")["state_dict"]["w"].tolist() == [1.0, 1.0]
 
 
 @pytest.mark.parametrize("kind", BAD_KINDS)

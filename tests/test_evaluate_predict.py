@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import REPO, TINY
+from fakedata import write_image_folder
 from PIL import Image
 
 from project import evaluate, predict
 from project.checkpoint import load_model
 from project.cli import main as train
 from project.datamodules import MNISTDataModule
-from project.fakedata import write_image_folder
 
 
 @pytest.fixture(scope="module")
@@ -103,6 +103,24 @@ def test_evaluate_mistakes_are_one_line_errors_with_exit_code_2(
     assert "Traceback" not in stderr
     (line,) = _error_lines(stderr)
     assert expected in line
+
+
+@pytest.mark.parametrize(
+    ("normalize", "model_hparams", "expected"),
+    [
+        (None, {"weights": "imagenet"}, "imagenet"),  # a pretrained ResNet is tested as it was trained
+        ("auto", {"weights": "imagenet"}, "imagenet"),
+        (None, {}, "dataset"),
+        ("auto", {"weights": "none"}, "dataset"),
+        ("none", {"weights": "imagenet"}, "none"),  # as asked
+    ],
+)
+def test_evaluate_resolves_auto_normalization_for_the_model(
+    data_root: Path, normalize: str | None, model_hparams: dict[str, str], expected: str
+) -> None:
+    init_args = {"root": str(data_root)} if normalize is None else {"root": str(data_root), "normalize": normalize}
+    datamodule, used = evaluate.make_datamodule("project.datamodules.MNISTDataModule", init_args, model_hparams)
+    assert used["normalize"] == datamodule.hparams.normalize == expected
 
 
 # ---------------------------------------------------------------------------------------------- predict

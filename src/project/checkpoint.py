@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import os
 import pickle
 import re
@@ -12,7 +11,8 @@ from typing import Any
 import lightning as L
 import torch
 
-from project.errors import CheckpointError, first_line
+from project.errors import CheckpointError, UserError, first_line
+from project.options import constructor_args, import_class
 
 
 def load_checkpoint_file(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -64,14 +64,12 @@ def load_model(path: str | os.PathLike[str], map_location: str | torch.device = 
 
 def model_from_checkpoint(checkpoint: dict[str, Any], path: str | os.PathLike[str]) -> L.LightningModule:
     """:func:`load_model` for a checkpoint already read with :func:`load_checkpoint_file` from ``path``."""
-    hparams = dict(checkpoint.get("hyper_parameters") or {})
-    class_path = hparams.pop("_class_path", None)
-    hparams.pop("_instantiator", None)
+    hparams = checkpoint.get("hyper_parameters") or {}
+    class_path = hparams.get("_class_path")
     if "state_dict" not in checkpoint or not class_path:
         raise CheckpointError(f"checkpoint {str(path)!r} has no model class or weights: not written by this template?")
-    model_class = _import_module_class(class_path, path)
+    model = rebuild_model(class_path, hparams, path)
     try:
-        model = model_class(**hparams)
         model.on_load_checkpoint(checkpoint)
         model.load_state_dict(checkpoint["state_dict"])
     except (TypeError, ValueError, RuntimeError) as error:
@@ -79,14 +77,21 @@ def model_from_checkpoint(checkpoint: dict[str, Any], path: str | os.PathLike[st
     return model.eval()
 
 
-def _import_module_class(class_path: str, path: str | os.PathLike[str]) -> type[L.LightningModule]:
-    module_name, _, class_name = class_path.rpartition(".")
+def rebuild_model(class_path: str, hparams: dict[str, Any], path: str | os.PathLike[str]) -> L.LightningModule:
+    """The model ``class_path`` names, built from its saved ``hparams`` to receive saved weights (from ``path``).
+
+    The class's ``restore_overrides`` (e.g. ResNet's ``{"weights": "none"}``) replace the matching arguments for
+    the build, so that nothing the saved weights replace is read (no ImageNet file, offline); the saved values are
+    put back afterwards, so the model still describes itself as trained (``hparams.weights == "imagenet"``).
+    """
     try:
-        model_class = getattr(importlib.import_module(module_name), class_name)
-    except (ImportError, AttributeError, ValueError):
-        raise CheckpointError(
-            f"checkpoint {str(path)!r} names model {class_path!r}, which cannot be imported"
-        ) from None
-    if not (isinstance(model_class, type) and issubclass(model_class, L.LightningModule)):
-        raise CheckpointError(f"checkpoint {str(path)!r} names {class_path!r}, which is not a LightningModule")
-    return model_class
+        model_class = import_class(class_path, L.LightningModule, "model class")
+    except UserError as error:
+        raise CheckpointError(f"checkpoint {str(path)!r}: {error}") from None
+    saved = constructor_args(hparams)
+    try:
+        model = model_class(**{**saved, **getattr(model_class, "restore_overrides", {})})
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise CheckpointError(f"checkpoint {str(path)!r} does not match {class_path}: {first_line(error)}") from None
+    model.hparams.update(saved)
+    return model

@@ -11,48 +11,25 @@ dashboard (confusion matrix, per-class scores, worst predictions) next to it und
 
 from __future__ import annotations
 
-import argparse
-import importlib
+import inspect
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import lightning as L
-import torch
 import yaml
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 
-from project import rundir
 from project.callbacks.dashboard import ClassificationDashboard
-from project.callbacks.progress import ThrottledRichProgressBar
 from project.checkpoint import load_checkpoint_file, model_from_checkpoint
 from project.configs import short_names
+from project.datamodules.base import ImageDataModule
+from project.entrypoint import CKPT_HELP, ArgumentParser, checkpoint_run_dir, run_main
 from project.errors import UserError, first_line
-
-_LIGHTNING_KEYS = ("_class_path", "_instantiator")
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse with mistakes raised as :class:`UserError`: one ``error: ...`` line, exit code 2, no usage dump."""
-
-    def error(self, message: str) -> NoReturn:
-        raise UserError(f"{message} (see --help)")
-
-
-def run_main(main: Callable[[list[str]], int], argv: Sequence[str] | None) -> int:
-    """Call ``main(argv)``; print a :class:`UserError` as one line and return its exit code."""
-    try:
-        return main(list(sys.argv[1:] if argv is None else argv))
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return error.exit_code
-
-
-def checkpoint_run_dir(checkpoint: str | Path) -> Path:
-    """The run directory a checkpoint belongs to (:func:`project.rundir.run_dir_of`), as an absolute path."""
-    return rundir.run_dir_of(Path(checkpoint).resolve())
+from project.fastpath.progress import ThrottledRichProgressBar
+from project.options import check_gpu, constructor_args, import_class, resolve_normalize, resolve_precision
 
 
 # ---------------------------------------------------------------------------------------------- the data
@@ -61,11 +38,11 @@ def data_config(
 ) -> tuple[str, dict[str, Any]]:
     """``(class_path, init_args)`` of the data module: the checkpoint's, or ``data``'s, updated by ``overrides``."""
     if data is None:
-        saved = dict(checkpoint.get("datamodule_hyper_parameters") or {})
+        saved = checkpoint.get("datamodule_hyper_parameters") or {}
         class_path = saved.get("_class_path")
         if not class_path:
             raise UserError("the checkpoint holds no data module configuration: pass --data NAME or CLASS_PATH")
-        init_args = {key: value for key, value in saved.items() if key not in _LIGHTNING_KEYS}
+        init_args = constructor_args(saved)
     else:
         class_path, init_args = _named_data_config(data)
     return class_path, {**init_args, **(overrides or {})}
@@ -87,17 +64,20 @@ def _named_data_config(data: str) -> tuple[str, dict[str, Any]]:
     return config["class_path"], dict(config.get("init_args") or {})
 
 
-def make_datamodule(class_path: str, init_args: dict[str, Any]) -> L.LightningDataModule:
-    """Import ``class_path`` and instantiate it with ``init_args``; mistakes become one-line errors."""
-    module_name, _, class_name = class_path.rpartition(".")
+def make_datamodule(
+    class_path: str, init_args: dict[str, Any], model_hparams: dict[str, Any]
+) -> tuple[L.LightningDataModule, dict[str, Any]]:
+    """The data module ``class_path`` with ``init_args``, and the arguments it got; one-line errors for mistakes.
+
+    ``normalize="auto"`` (or unset) is resolved for the model, as training resolved it: ImageNet statistics for
+    a model with pretrained weights (e.g. a ResNet), else the data set's own.
+    """
+    data_class = import_class(class_path, L.LightningDataModule, "data module")
+    if issubclass(data_class, ImageDataModule) or "normalize" in inspect.signature(data_class).parameters:
+        normalize = resolve_normalize(init_args.get("normalize", "auto"), model_hparams)
+        init_args = {**init_args, "normalize": normalize}
     try:
-        data_class = getattr(importlib.import_module(module_name), class_name)
-    except (ImportError, AttributeError, ValueError):
-        raise UserError(f"data module {class_path!r} cannot be imported (is its folder on PYTHONPATH?)") from None
-    if not (isinstance(data_class, type) and issubclass(data_class, L.LightningDataModule)):
-        raise UserError(f"{class_path!r} is not a LightningDataModule")
-    try:
-        return data_class(**init_args)
+        return data_class(**init_args), init_args
     except (TypeError, ValueError) as error:
         raise UserError(f"--data {class_path}: {first_line(error)}") from None
 
@@ -147,7 +127,7 @@ def evaluate(
     saved = load_checkpoint_file(checkpoint)
     class_path, init_args = data_config(saved, data, overrides)
     model = model_from_checkpoint(saved, checkpoint)  # the file is read once
-    datamodule = make_datamodule(class_path, init_args)
+    datamodule, init_args = make_datamodule(class_path, init_args, dict(model.hparams))
     _check_compatible(model, datamodule)
     output = Path(output) if output else checkpoint_run_dir(checkpoint) / "eval" / "eval.json"
     callbacks: list[L.Callback] = [ClassificationDashboard(output.parent)]
@@ -157,7 +137,7 @@ def evaluate(
         trainer = L.Trainer(
             accelerator=accelerator,
             devices=1,
-            precision=_resolve_precision(precision, accelerator),
+            precision=resolve_precision(precision, accelerator),
             logger=False,
             callbacks=callbacks,
             enable_progress_bar=len(callbacks) > 1,
@@ -184,14 +164,6 @@ def evaluate(
     return result
 
 
-def _resolve_precision(precision: str, accelerator: str) -> str:
-    """``auto`` is the training CLI's default: bf16 autocast on a GPU that has it, else fp32."""
-    if precision != "auto":
-        return precision
-    on_gpu = torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda")
-    return "bf16-mixed" if on_gpu and torch.cuda.is_bf16_supported() else "32-true"
-
-
 def _warn_if_preprocessing_differs(model: L.LightningModule, datamodule: L.LightningDataModule) -> None:
     # e.g. a folder data set normalized with its own statistics: the model saw other inputs in training.
     preprocessing = getattr(datamodule, "preprocessing", None)
@@ -210,7 +182,7 @@ def build_parser() -> ArgumentParser:
         description="Test a checkpoint on its data set (or another); write eval.json and the dashboard.",
         epilog="Any --data.KEY VALUE sets an argument of the data module, e.g. --data.root DIR --data.batch_size 256.",
     )
-    parser.add_argument("--ckpt", required=True, help="Checkpoint file (e.g. runs/<run>/checkpoints/best.ckpt).")
+    parser.add_argument("--ckpt", required=True, help=CKPT_HELP)
     parser.add_argument("--data", help="Data set: a short name (mnist, cifar10, folder), class path or YAML file.")
     parser.add_argument("--accelerator", default="auto", help="auto, cpu, gpu, mps (default: auto).")
     parser.add_argument(
@@ -223,8 +195,7 @@ def build_parser() -> ArgumentParser:
 def _main(argv: list[str]) -> int:
     args, rest = build_parser().parse_known_args(argv)
     overrides = parse_overrides(rest)
-    if args.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
-        raise UserError(f"--accelerator {args.accelerator}: no CUDA GPU is available here; use cpu or auto")
+    check_gpu(args.accelerator)
     result = evaluate(args.ckpt, args.data, overrides, args.accelerator, args.precision, args.output)
     print(
         f"test acc {100 * result['test_acc']:.2f}% | test loss {result['test_loss']:.4f} | data {result['data']}\n"

@@ -24,24 +24,22 @@ import lightning as L
 import torch
 from torch import nn
 
-from project.checkpoint import _import_module_class, load_model
-from project.errors import UserError
-from project.evaluate import ArgumentParser, checkpoint_run_dir, run_main
+from project.checkpoint import load_model, rebuild_model
+from project.entrypoint import CKPT_HELP, ArgumentParser, checkpoint_run_dir, run_main
+from project.errors import CheckpointError, UserError, first_line
+from project.options import constructor_args
 
 FORMATS = {"torchscript": ".pt", "onnx": ".onnx", "safetensors": ".safetensors"}
-_INTERNAL_HPARAMS = ("_class_path", "_instantiator")
 
 
 def metadata(model: L.LightningModule) -> dict[str, str]:
     """What a user of the exported network needs, as JSON strings (safetensors and ONNX store only strings)."""
-    hparams = {key: value for key, value in dict(model.hparams).items() if key not in _INTERNAL_HPARAMS}
-    model_class = model.hparams.get("_class_path") or f"{type(model).__module__}.{type(model).__qualname__}"
     return {
-        "model_class": model_class,
+        "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
         "class_names": json.dumps(list(model.hparams.class_names)),
         "preprocessing": json.dumps(model.hparams.preprocessing),
         "input_shape": json.dumps(list(model.hparams.input_shape)),
-        "hyper_parameters": json.dumps(hparams, default=list),
+        "hyper_parameters": json.dumps(constructor_args(dict(model.hparams)), default=list),
         "output": "logits",
     }
 
@@ -126,15 +124,18 @@ def load_safetensors(path: str | Path) -> tuple[L.LightningModule, dict[str, Any
     if "model_class" not in raw:
         raise UserError(f"{path}: not a safetensors file exported by this template (no model_class metadata)")
     meta = {key: (value if key in ("model_class", "output") else json.loads(value)) for key, value in raw.items()}
-    model = _import_module_class(meta["model_class"], path)(**meta["hyper_parameters"])
-    model.network.load_state_dict(load_file(str(path)))
+    model = rebuild_model(meta["model_class"], meta["hyper_parameters"], path)
+    try:
+        model.network.load_state_dict(load_file(str(path)))
+    except RuntimeError as error:
+        raise CheckpointError(f"{path}: the weights do not match {meta['model_class']}: {first_line(error)}") from None
     return model.eval(), meta
 
 
 # ---------------------------------------------------------------------------------------------- command line
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="export.py", description="Export a checkpoint's network for serving.")
-    parser.add_argument("--ckpt", required=True, help="Checkpoint file (e.g. runs/<run>/checkpoints/best.ckpt).")
+    parser.add_argument("--ckpt", required=True, help=CKPT_HELP)
     parser.add_argument("--format", required=True, choices=list(FORMATS), help="Export format.")
     parser.add_argument("--output", help="Output file (default: <run>/export/<checkpoint name>.<ext>).")
     return parser

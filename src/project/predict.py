@@ -1,7 +1,7 @@
 """Classify image files: ``python scripts/predict.py --ckpt best.ckpt photo.jpg more_photos/``.
 
 Every input goes through the preprocessing saved in the checkpoint, the same as in training: decoded (by the
-folder data module's :func:`~project.datamodules.folder.load_image`: EXIF orientation, transparency on white,
+image decoder :func:`~project.datamodules.images.load_image`: EXIF orientation, transparency on white,
 16-bit and palette images handled), converted to the model's channels, resized to its image size, scaled to
 [0, 1] and normalized with its mean and std. Files that cannot be read are listed with the reason instead of
 stopping the run. The results go to a CSV file (path, prediction, confidence, top-k) and a short table.
@@ -21,9 +21,10 @@ from torch import Tensor
 from torchvision.transforms.v2 import functional as TF
 
 from project.checkpoint import load_model
-from project.datamodules.folder import IMAGE_EXTENSIONS, load_image
+from project.datamodules.images import IMAGE_EXTENSIONS, load_image
+from project.entrypoint import CKPT_HELP, ArgumentParser, run_main
 from project.errors import DataError, UserError
-from project.evaluate import ArgumentParser, run_main
+from project.options import uses_gpu
 
 #: Rows shown in the printed table; the CSV has them all.
 SHOWN = 20
@@ -144,7 +145,7 @@ def print_table(predictions: Sequence[Prediction]) -> None:
 # ---------------------------------------------------------------------------------------------- command line
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="predict.py", description="Classify image files with a trained checkpoint.")
-    parser.add_argument("--ckpt", required=True, help="Checkpoint file (e.g. runs/<run>/checkpoints/best.ckpt).")
+    parser.add_argument("--ckpt", required=True, help=CKPT_HELP)
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="Image files or folders (searched recursively).")
     parser.add_argument("--output", default="predictions.csv", help="CSV file to write (default: predictions.csv).")
     parser.add_argument("--topk", type=int, default=3, help="How many classes to list per image (default: 3).")
@@ -155,12 +156,12 @@ def build_parser() -> ArgumentParser:
 
 def _device(name: str) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device("cuda" if uses_gpu("auto") else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError:
         raise UserError(f"--device {name!r}: not a device (use auto, cpu, cuda, cuda:N or mps)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
+    if device.type == "cuda" and not uses_gpu("cuda"):
         raise UserError(f"--device {name}: no CUDA GPU is available here; use cpu or auto")
     return device
 

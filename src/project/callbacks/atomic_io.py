@@ -14,8 +14,10 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 class AtomicCheckpointIO(TorchCheckpointIO):
     """``torch.save`` to a temporary file beside the target, ``fsync``, then ``os.replace``.
 
-    A ``kill -9`` at any moment leaves either the previous file or the new one, both whole. Loading always uses
-    ``weights_only=True``: a checkpoint can hold only tensors and plain values.
+    A ``kill -9`` at any moment leaves either the previous file or the new one, both whole. The file gets the mode
+    ``torch.save`` to a plain path would give it (``0666 & ~umask``, e.g. 0644), not the temporary file's 0600, so
+    teammates sharing a run directory can read it. Loading always uses ``weights_only=True``: a checkpoint can hold
+    only tensors and plain values.
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any | None = None) -> None:
@@ -25,6 +27,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         os.makedirs(directory, exist_ok=True)
         handle, temporary = tempfile.mkstemp(prefix=".tmp-", suffix=".ckpt", dir=directory)
         try:
+            os.chmod(temporary, _new_file_mode())
             with os.fdopen(handle, "wb") as file:
                 torch.save(checkpoint, file)
                 file.flush()
@@ -44,6 +47,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if weights_only is False:
             raise ValueError("checkpoints are only ever loaded with weights_only=True")
         return load_checkpoint_file(path, map_location=map_location or "cpu")
+
+
+def _new_file_mode() -> int:
+    """``0666 & ~umask``: the mode ``open(path, "w")`` gives a new file. Reading the umask means setting it."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def _fsync_directory(directory: str) -> None:
