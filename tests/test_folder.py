@@ -15,13 +15,9 @@ from conftest import quiet_trainer
 from PIL import Image
 from torch.utils.data import DistributedSampler, TensorDataset
 
-from project.datamodules.folder import (
-    EpochSeededSampler,
-    FolderDataModule,
-    FolderImageDataset,
-    ResumableDataLoader,
-    load_image,
-)
+from project.datamodules.folder import FolderDataModule
+from project.datamodules.images import FolderImageDataset, load_image
+from project.datamodules.loaders import EpochSeededSampler, ResumableDataLoader
 from project.errors import DataError
 from project.fakedata import write_image_folder
 

@@ -1,0 +1,242 @@
+"""Image files to ``uint8`` tensors: one file (:func:`load_image`, also used by ``predict.py``), or many at once
+in ``DataLoader`` workers (:func:`decode_files` and :class:`FolderImageDataset`, used by the folder data module).
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import math
+import os
+import warnings
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+from torchvision.io import ImageReadMode, decode_image
+from torchvision.transforms.v2 import functional as TF
+
+from project.errors import DataError, first_line
+
+#: File name endings read as images (compared in lower case). Anything else in a class folder is ignored.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
+#: PIL's default limit on width × height (``PIL.Image.MAX_IMAGE_PIXELS``): about a 9459 × 9459 image.
+DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
+#: The only formats PIL may identify a file as: never EPS (Ghostscript) or other exotic decoders.
+_PIL_FORMATS = ("JPEG", "MPO", "PNG", "BMP", "GIF", "WEBP")
+#: Formats torchvision's native decoders read (the rest, e.g. BMP and animated WebP, go through PIL).
+_TORCHVISION_FORMATS = frozenset(("JPEG", "MPO", "PNG", "WEBP", "GIF"))
+
+
+def load_image(
+    path: str | os.PathLike[str],
+    channels: int = 3,
+    size: int | None = None,
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+) -> Tensor:
+    """One image file as a ``uint8`` tensor ``(channels, size, size)`` (``size=None`` keeps its size).
+
+    The header is read first (by PIL, restricted to JPEG, PNG, BMP, GIF and WebP) and images of more than
+    ``max_image_pixels`` pixels are refused before decoding. JPEG, PNG, GIF and WebP are decoded by
+    torchvision, the rest by PIL; EXIF orientation is applied. Raises :class:`DataError` naming the file when
+    it is not a usable image.
+    """
+    try:
+        return _load(os.fspath(path), channels, size, max_image_pixels)
+    except _BadImage as error:
+        raise DataError(f"{os.fspath(path)}: {error}") from None
+
+
+class FolderImageDataset(Dataset):
+    """``(uint8 image (channels, size, size), label)`` for each file, decoded by :func:`load_image`."""
+
+    def __init__(
+        self,
+        paths: Sequence[str],
+        labels: Sequence[int],
+        channels: int = 3,
+        size: int = 64,
+        max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    ) -> None:
+        if len(paths) != len(labels):
+            raise ValueError(f"{len(paths)} paths but {len(labels)} labels")
+        self.paths, self.labels = list(paths), list(labels)
+        self.channels, self.size, self.max_image_pixels = channels, size, max_image_pixels
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        image = load_image(self.paths[index], self.channels, self.size, self.max_image_pixels)
+        return image, self.labels[index]
+
+
+class Decoded(NamedTuple):
+    """What :func:`decode_files` found."""
+
+    #: The good images, ``(len(good), channels, size, size)``; ``None`` unless kept.
+    images: Tensor | None
+    #: Indices (into the paths) of the files that decoded.
+    good: list[int]
+    #: Pixel counts of the good images, ``(channels, 256)``; ``None`` unless asked for.
+    histogram: Tensor | None
+    #: ``(path, reason)`` of each file that did not decode.
+    bad: list[tuple[str, str]]
+
+
+def decode_files(
+    paths: Sequence[str], channels: int, size: int, max_pixels: int, keep: bool, histogram: bool, num_workers: int
+) -> Decoded:
+    """Decode every file (in up to ``num_workers`` workers), keeping the images and/or their pixel histogram."""
+    dataset = _DecodeDataset(list(paths), channels, size, max_pixels, keep, histogram)
+    # Worker processes pay off only for more than a few batches of files.
+    workers = 0 if len(paths) < 256 else min(num_workers, math.ceil(len(paths) / 64))
+    loader = DataLoader(dataset, batch_size=64, num_workers=workers, collate_fn=_collate_decoded)
+    images = torch.empty((len(paths), channels, size, size), dtype=torch.uint8) if keep else None
+    counts = torch.zeros((channels, 256), dtype=torch.long) if histogram else None
+    good: list[int] = []
+    bad: list[tuple[str, str]] = []
+    start = 0
+    for batch_images, batch_counts, errors in loader:
+        for offset, error in enumerate(errors):
+            if error is None:
+                good.append(start + offset)
+            else:
+                bad.append((paths[start + offset], error))
+        if images is not None and batch_images is not None:
+            first = len(good) - len(batch_images)
+            images[first : len(good)] = batch_images
+        if counts is not None and batch_counts is not None:
+            counts += batch_counts
+        start += len(errors)
+    if images is not None and len(good) < len(paths):
+        images = images[: len(good)].clone()
+    return Decoded(images, good, counts, bad)
+
+
+class _DecodeDataset(Dataset):
+    """Decodes files at setup: ``(image or None, pixel histogram or None, error or None)`` per file."""
+
+    def __init__(
+        self, paths: list[str], channels: int, size: int, max_pixels: int, keep: bool, histogram: bool
+    ) -> None:
+        self.paths, self.channels, self.size, self.max_pixels = paths, channels, size, max_pixels
+        self.keep, self.histogram = keep, histogram
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[Tensor | None, Tensor | None, str | None]:
+        try:
+            image = _load(self.paths[index], self.channels, self.size, self.max_pixels)
+        except _BadImage as error:
+            return None, None, str(error)
+        hist = None
+        if self.histogram:
+            hist = torch.stack([torch.bincount(plane.flatten(), minlength=256) for plane in image])
+        return (image if self.keep else None), hist, None
+
+
+def _collate_decoded(
+    batch: list[tuple[Tensor | None, Tensor | None, str | None]],
+) -> tuple[Tensor | None, Tensor | None, list[str | None]]:
+    """One tensor of the good images, their summed histogram, and each file's error (``None`` when good).
+
+    Stacking in the worker sends one shared-memory tensor per batch instead of one per image.
+    """
+    images = [image for image, _, _ in batch if image is not None]
+    counts = [hist for _, hist, _ in batch if hist is not None]
+    return (
+        torch.stack(images) if images else None,
+        torch.stack(counts).sum(0) if counts else None,
+        [error for _, _, error in batch],
+    )
+
+
+# ---------------------------------------------------------------------- decoding one file
+class _BadImage(Exception):
+    """The file is not a usable image; the message says why."""
+
+
+def _load(path: str, channels: int, size: int | None, max_pixels: int) -> Tensor:
+    try:
+        with open(path, "rb") as file:
+            data = bytearray(file.read())
+    except OSError as error:
+        raise _BadImage(f"cannot be read ({error.strerror or error})") from None
+    if not data:
+        raise _BadImage("empty file")
+    with warnings.catch_warnings():
+        # PIL warns about large images (we check the size ourselves) and about palette transparency (handled).
+        warnings.simplefilter("ignore")
+        try:
+            pil = Image.open(io.BytesIO(data), formats=_pil_formats())
+        except Image.DecompressionBombError as error:
+            raise _BadImage(f"refused as a decompression bomb ({error})") from None
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError):
+            raise _BadImage(f"not a readable image (formats: {', '.join(_PIL_FORMATS)})") from None
+        width, height = pil.size
+        if width * height > max_pixels:
+            raise _BadImage(
+                f"{width}x{height} = {width * height} pixels is more than max_image_pixels={max_pixels}: "
+                f"refused as a possible decompression bomb"
+            )
+        alpha = pil.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in pil.info
+        image = None
+        if pil.format in _TORCHVISION_FORMATS and not (pil.format == "GIF" and alpha):
+            mode = ImageReadMode.RGB_ALPHA if alpha else ImageReadMode.RGB
+            try:
+                image = decode_image(torch.frombuffer(data, dtype=torch.uint8), mode=mode, apply_exif_orientation=True)
+            except RuntimeError:
+                image = None  # PIL decides: it reads some files torchvision does not, and says why it cannot
+        if image is None:
+            image = _decode_with_pil(pil, alpha)
+    if image.ndim == 4:  # animated GIF: the first frame
+        image = image[0]
+    image = _to_channels(image, channels)
+    if size is not None and tuple(image.shape[-2:]) != (size, size):
+        image = TF.resize(image, [size, size], antialias=True)
+    return image.contiguous()
+
+
+@functools.cache
+def _pil_formats() -> tuple[str, ...]:
+    Image.init()  # registers every plugin; MPO (multi-picture JPEG from cameras) is only known after it
+    return tuple(name for name in _PIL_FORMATS if name in Image.OPEN)
+
+
+def _decode_with_pil(pil: Image.Image, alpha: bool) -> Tensor:
+    try:
+        pil = ImageOps.exif_transpose(pil)
+        if pil.mode.startswith("I"):  # 16-bit (or 32-bit integer) gray: keep the high byte of 16 bits
+            array = (np.clip(np.asarray(pil, dtype=np.int64), 0, 65535) >> 8).astype(np.uint8)[None]
+        elif alpha:
+            array = np.asarray(pil.convert("RGBA")).transpose(2, 0, 1)
+        elif pil.mode in ("L", "1"):
+            array = np.asarray(pil.convert("L"))[None]
+        else:
+            array = np.asarray(pil.convert("RGB")).transpose(2, 0, 1)
+    except Image.DecompressionBombError as error:
+        raise _BadImage(f"refused as a decompression bomb ({error})") from None
+    except (OSError, ValueError, SyntaxError, EOFError, IndexError) as error:
+        raise _BadImage(f"cannot be decoded ({first_line(error)})") from None
+    return torch.from_numpy(np.ascontiguousarray(array))
+
+
+def _to_channels(image: Tensor, channels: int) -> Tensor:
+    """``(C, H, W)`` of 1 to 4 channels (gray, gray+alpha, RGB, RGBA), 8 or 16 bits → uint8 ``channels``."""
+    if image.dtype != torch.uint8:
+        image = (image.to(torch.int32) >> 8).to(torch.uint8)  # 16 bits: the high byte
+    if image.shape[0] in (2, 4):  # composite on white: what an image viewer shows
+        color, alpha = image[:-1].to(torch.int32), image[-1:].to(torch.int32)
+        image = ((color * alpha + 255 * (255 - alpha) + 127) // 255).to(torch.uint8)
+    if image.shape[0] == channels:
+        return image
+    if channels == 3:
+        return image.expand(3, -1, -1)
+    red, green, blue = image.to(torch.int32)
+    return ((red * 299 + green * 587 + blue * 114 + 500) // 1000).to(torch.uint8)[None]
