@@ -125,13 +125,8 @@ class FolderDataModule(ImageDataModule):
         return super().normalization()
 
     def _uses_dataset_stats(self) -> bool:
-        mode = self.hparams.normalize
-        if mode == "dataset":
-            return True
-        if mode != "auto":
-            return False
-        model = self.trainer.lightning_module if self.trainer is not None else None
-        return getattr(model, "preferred_normalization", None) is None
+        # "auto" is the data set's own statistics here: the CLI turns it into "imagenet" for pretrained models.
+        return self.hparams.normalize in ("auto", "dataset")
 
     # ------------------------------------------------------------------ finding the files
     def _scan(self) -> Scan:
