@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from conftest import TINY
 
@@ -115,6 +116,43 @@ def test_cifar10_pickle_that_runs_a_command_is_refused(tmp_path: Path) -> None:
     assert not marker.exists()
     pickle.loads(path.read_bytes())  # the payload is real: an unrestricted unpickler runs it
     assert marker.exists()
+
+
+def _py3(value: object) -> object:
+    """A value of a Python 2 CIFAR-10 pickle as Python 3 code re-saving the set holds it: bytes become str."""
+    if isinstance(value, dict):
+        return {_py3(key): _py3(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_py3(item) for item in value]
+    return value.decode() if isinstance(value, bytes) else value
+
+
+@pytest.mark.parametrize("protocol", sorted({pickle.DEFAULT_PROTOCOL, pickle.HIGHEST_PROTOCOL}))
+def test_cifar10_batches_pickled_by_python3_with_str_keys_are_read(tmp_path: Path, protocol: int) -> None:
+    write_cifar10(tmp_path / "original", n_train=50, n_test=10)
+    source, resaved = tmp_path / "original" / "cifar-10-batches-py", tmp_path / "resaved" / "cifar-10-batches-py"
+    resaved.mkdir(parents=True)
+    for path in source.iterdir():
+        with path.open("rb") as file:
+            batch = pickle.load(file, encoding="bytes")
+        (resaved / path.name).write_bytes(pickle.dumps(_py3(batch), protocol=protocol))
+    test_batch = pickle.loads((resaved / "test_batch").read_bytes())
+    assert sorted(test_batch) == ["batch_label", "data", "filenames", "labels"]
+    assert test_batch["data"].dtype == np.uint8 and test_batch["data"].shape == (10, 3072)
+    assert isinstance(test_batch["filenames"][0], str) and isinstance(test_batch["labels"][0], int)
+
+    modules = [
+        CIFAR10DataModule(root=str(tmp_path / name), batch_size=8, val_size=5, download=False)
+        for name in ("original", "resaved")
+    ]
+    for datamodule in modules:
+        datamodule.setup("fit")
+    original, python3 = (datamodule.splits for datamodule in modules)
+    assert original.keys() == python3.keys() == {"train", "val", "test"}
+    for split, (images, labels) in original.items():
+        assert torch.equal(python3[split][0], images) and torch.equal(python3[split][1], labels), split
+    images, labels = next(iter(modules[1].train_dataloader()))
+    assert images.dtype == torch.uint8 and images.shape == (8, 3, 32, 32) and labels.shape == (8,)
 
 
 @pytest.mark.parametrize("data", ["mnist", "cifar10"])

@@ -24,9 +24,10 @@ TEST_FILES = ["test_batch"]
 class CIFAR10DataModule(ImageDataModule):
     """The python version of CIFAR-10 under ``root/cifar-10-batches-py``, downloaded when missing.
 
-    The batch files are pickles; they are read with an unpickler that only builds numpy arrays and plain
-    values, so a tampered file cannot run code. Training augmentation defaults to the standard random crop with
-    4-pixel padding and horizontal flip (set in ``configs/data/cifar10.yaml``).
+    The batch files are pickles, with bytes keys as in the original files or str keys as Python 3 writes them;
+    they are read with an unpickler that only builds numpy arrays and plain values, so a tampered file cannot
+    run code. Training augmentation defaults to the standard random crop with 4-pixel padding and horizontal
+    flip (set in ``configs/data/cifar10.yaml``).
 
     Args:
         download: Download the data set when it is missing (the only network access, in ``prepare_data``).
@@ -82,12 +83,17 @@ def _read_batch(path: str) -> tuple[Tensor, Tensor]:
         raise DataError(f"CIFAR-10 file {path} was refused: {error}") from None
     except Exception as error:  # a corrupt pickle can fail in many ways; each is "this file is corrupt"
         raise DataError(f"CIFAR-10 file {path} is corrupt ({type(error).__name__}: {error})") from None
-    if not isinstance(batch, dict) or not {b"data", b"labels"} <= batch.keys():
+    # The original files (Python 2) have bytes keys; sets pickled again by Python 3 have str keys.
+    keys = next((keys for keys in ((b"data", b"labels"), ("data", "labels")) if _has(batch, keys)), None)
+    if keys is None:
         found = list(batch) if isinstance(batch, dict) else f"a {type(batch).__name__}"
-        raise DataError(f"CIFAR-10 file {path} is not a CIFAR-10 batch: expected b'data' and b'labels', found {found}")
+        raise DataError(
+            f"CIFAR-10 file {path} is not a CIFAR-10 batch: expected b'data' and b'labels', found {found} "
+            "(str keys 'data' and 'labels' are read too)"
+        )
     try:
-        array = np.asarray(batch[b"data"])
-        labels = torch.as_tensor(batch[b"labels"], dtype=torch.long)
+        array = np.asarray(batch[keys[0]])
+        labels = torch.as_tensor(batch[keys[1]], dtype=torch.long)
     except (TypeError, ValueError) as error:  # e.g. labels that are not integers
         raise DataError(f"CIFAR-10 file {path} is corrupt ({type(error).__name__}: {error})") from None
     if array.dtype != np.uint8:
@@ -104,14 +110,21 @@ def _read_batch(path: str) -> tuple[Tensor, Tensor]:
     return images.contiguous(), labels
 
 
+def _has(batch: object, keys: tuple[bytes | str, ...]) -> bool:
+    return isinstance(batch, dict) and all(key in batch for key in keys)
+
+
 class _SafeUnpickler(pickle.Unpickler):
-    """Builds only what CIFAR-10 batches contain: dicts, lists, bytes, numbers and numpy arrays."""
+    """Builds only what CIFAR-10 batches contain: dicts, lists, bytes, strings, numbers and numpy arrays."""
 
     _allowed = {
         ("numpy.core.multiarray", "_reconstruct"),
         ("numpy._core.multiarray", "_reconstruct"),
         ("numpy", "ndarray"),
         ("numpy", "dtype"),
+        # Arrays pickled at protocol 5 (Python 3.8+'s highest): frombuffer(...).reshape(...), no object arrays.
+        ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.numeric", "_frombuffer"),
         # Python 3 pickles bytes at protocol 2 as _codecs.encode(str, "latin1"): harmless, and torch's
         # weights_only loader allows it too.
         ("_codecs", "encode"),
