@@ -14,6 +14,8 @@ import yaml
 from conftest import quiet_trainer
 from PIL import Image
 from torch.utils.data import DistributedSampler, TensorDataset
+from torchvision.transforms.v2 import InterpolationMode
+from torchvision.transforms.v2 import functional as TF
 
 from project.datamodules.folder import FolderDataModule
 from project.datamodules.images import FolderImageDataset, load_image
@@ -116,14 +118,40 @@ def test_split_is_deterministic_and_follows_the_seed(tmp_path: Path) -> None:
 
 
 def test_extensions_in_any_case_and_more_formats(tmp_path: Path) -> None:
+    noise = _rgb(SIZE, SIZE)
+    y, x = np.mgrid[0:SIZE, 0:SIZE]
+    # Lossy formats are checked on a smooth image: on noise their error is as large as the pixels themselves.
+    smooth = np.stack([x * 8 + 20, y * 8 + 20, 200 - (x + y) * 4], axis=-1).astype(np.uint8)
+    palette = _rgb(256, 1, seed=1)[:, 0]
+    indices = np.random.default_rng(2).integers(0, 256, (SIZE, SIZE), dtype=np.uint8)
+    gif = Image.fromarray(indices, mode="P")
+    gif.putpalette(palette.tobytes())
+    files = {  # name: (image, save options, the pixels it must decode to, lossless)
+        "a.JPG": (Image.fromarray(smooth), {}, smooth, False),
+        "b.Png": (Image.fromarray(noise), {}, noise, True),
+        "c.jpeg": (Image.fromarray(smooth), {}, smooth, False),
+        "d.bmp": (Image.fromarray(noise), {}, noise, True),
+        "e.gif": (gif, {}, palette[indices], True),
+        "f.webp": (Image.fromarray(noise), {"lossless": True}, noise, True),
+        "g.webp": (Image.fromarray(smooth), {}, smooth, False),
+    }
     root = tmp_path / "images"
-    for i, name in enumerate(["a.JPG", "b.Png", "c.jpeg", "d.bmp", "e.gif", "f.webp"]):
-        _save(Image.fromarray(_rgb(seed=i)), root / "only" / name)  # PIL picks the format from the extension
-        _save(Image.fromarray(_rgb(seed=i)), root / "other" / name)
+    for folder in ("only", "other"):
+        (root / folder).mkdir(parents=True)
+        for name, (image, options, _, _) in files.items():
+            image.save(root / folder / name, **options)  # PIL picks the format from the extension
     (root / "only" / "notes.txt").write_text("not an image, ignored")
     dm = _module(root, val_size=0.0, test_size=0.0)
     assert _setup_warnings(dm) == []
-    assert dm.splits["train"][0].shape == (12, 3, SIZE, SIZE)
+    images, labels = dm.splits["train"]
+    assert images.shape == (14, 3, SIZE, SIZE) and labels.tolist() == [0] * 7 + [1] * 7
+    for image, (name, (_, _, source, lossless)) in zip(images, [*files.items()] * 2, strict=True):
+        error = (image.permute(1, 2, 0).int() - torch.from_numpy(source).int()).abs().float()
+        worst, mean = float(error.max()), float(error.mean())
+        if lossless:
+            assert worst == 0, name
+        else:  # JPEG and WebP at PIL's default quality: within 16 levels everywhere, 4 on average
+            assert worst <= 16 and mean <= 4, (name, worst, mean)
 
 
 # ---------------------------------------------------------------------- bad folders
@@ -392,8 +420,12 @@ def test_gray_palette_and_16_bit_are_converted(tmp_path: Path) -> None:
 
 
 def test_load_image_resizes_and_names_bad_files(tmp_path: Path) -> None:
-    path = _save(Image.fromarray(_rgb(30, 20)), tmp_path / "a.jpg")
-    assert load_image(path, size=12).shape == (3, 12, 12)
+    rgb = _rgb(30, 20)
+    path = _save(Image.fromarray(rgb), tmp_path / "a.png")
+    source = torch.from_numpy(rgb).permute(2, 0, 1)
+    for size in (12, 40):  # shrinking (where antialiasing matters) and enlarging, both to a square
+        expected = TF.resize(source, [size, size], interpolation=InterpolationMode.BILINEAR, antialias=True)
+        assert torch.equal(load_image(path, size=size), expected), size
     dataset = FolderImageDataset([str(tmp_path / "gone.png")], [0])
     with pytest.raises(DataError, match="gone.png: cannot be read"):
         dataset[0]
