@@ -1,4 +1,6 @@
-"""Errors that are the user's to fix: the CLI prints them as one line and exits with code 2."""
+"""Errors that are the user's to fix: the entry points print them as one line and exit with code 2."""
+
+import re
 
 
 def first_line(error: BaseException) -> str:
@@ -19,3 +21,24 @@ class DataError(UserError):
 
 class CheckpointError(UserError):
     """A checkpoint file that cannot be loaded safely."""
+
+
+_NOISE = (
+    "Does not validate against any of the Union subtypes",
+    "Expected a <class 'NoneType'>",
+    "Subtypes:",
+    "Errors:",
+    "Given value",
+    "Problem with given class_path",
+)
+
+
+def explain(error: BaseException) -> str:
+    """jsonargparse explains a bad value over many nested lines; keep the key path and the innermost reason."""
+    text = str(error)
+    keys = re.findall(r'Parser key "([^"]+)"', text)
+    reasons = [line.strip().removeprefix("- ").strip() for line in text.splitlines()]
+    reasons = [line for line in reasons if line and not line.startswith(_NOISE) and not line.startswith("Parser key")]
+    reason = reasons[0] if reasons else text.strip().splitlines()[0]
+    reason = re.sub(r"<class '(\w+)'>", r"\1", reason)
+    return f"--{'.'.join(keys)}: {reason}" if keys else reason

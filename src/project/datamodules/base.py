@@ -18,9 +18,9 @@ from torch.nn import functional as F
 from project.datamodules.loaders import InMemoryLoader, loader_seed
 from project.datamodules.transforms import BatchAugment, Normalize
 from project.errors import DataError
+from project.options import IMAGENET_STATS
 
 NormalizeMode = Literal["auto", "dataset", "imagenet", "none"]
-IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 
 class ImageDataModule(L.LightningDataModule):
@@ -30,10 +30,10 @@ class ImageDataModule(L.LightningDataModule):
         root: Directory that holds (or will hold) the data set.
         batch_size: Training batch size (per device).
         eval_batch_size: Validation/test batch size; defaults to ``batch_size``.
-        val_size: Number of training images held out for validation (a fraction when < 1).
+        val_size: Training images held out for validation: a fraction when < 1, else a number of images.
         split_seed: Seed of the train/validation split; fixed so every run sees the same split.
-        normalize: ``auto`` (the model's preference, e.g. ImageNet statistics for a pretrained ResNet, else the
-            data set's), ``dataset``, ``imagenet`` or ``none``.
+        normalize: ``dataset`` (the data set's statistics), ``imagenet`` or ``none``; ``auto`` is ``dataset`` here,
+            and the command line makes it ``imagenet`` for a model with pretrained weights.
         image_size: Resize images to this square size (e.g. 224 for ImageNet models); ``None`` keeps the size.
         crop_padding: Random crop with this zero padding (training only).
         hflip: Random horizontal flips (training only).
@@ -51,7 +51,7 @@ class ImageDataModule(L.LightningDataModule):
         root: str = "data",
         batch_size: int = 64,
         eval_batch_size: int | None = None,
-        val_size: float = 5000,
+        val_size: float = 0.1,
         split_seed: int = 0,
         normalize: NormalizeMode = "auto",
         image_size: int | None = None,
@@ -75,6 +75,8 @@ class ImageDataModule(L.LightningDataModule):
         self.eval_batch_size = eval_batch_size or batch_size
         self.augment = BatchAugment(crop_padding, hflip, rotation, color_jitter)
         self.normalizer: Normalize | None = None
+        #: The layout batches are handed over in; the fast path sets channels-last for conv nets on a GPU.
+        self.memory_format = torch.contiguous_format
         self.splits: dict[str, tuple[Tensor, Tensor]] = {}
 
     # ------------------------------------------------------------------ what the model needs to know
@@ -97,12 +99,7 @@ class ImageDataModule(L.LightningDataModule):
         mode = self.hparams.normalize
         if mode == "none":
             return None
-        stats = self.dataset_stats
-        if mode == "imagenet":
-            stats = IMAGENET_STATS
-        elif mode == "auto":
-            model = self.trainer.lightning_module if self.trainer is not None else None
-            stats = getattr(model, "preferred_normalization", None) or stats
+        stats = IMAGENET_STATS if mode == "imagenet" else self.dataset_stats
         return _match_channels(stats, self.input_shape[0])
 
     def preprocessing(self) -> dict[str, Any]:
@@ -114,6 +111,15 @@ class ImageDataModule(L.LightningDataModule):
             "channels": channels,
             "mean": list(stats[0]) if stats else None,
             "std": list(stats[1]) if stats else None,
+        }
+
+    def model_args(self) -> dict[str, Any]:
+        """What a model needs to know of this data: ``MLP(**datamodule.model_args(), lr=0.01)``."""
+        return {
+            "num_classes": self.num_classes,
+            "input_shape": self.input_shape,
+            "class_names": list(self.class_names),
+            "preprocessing": self.preprocessing(),
         }
 
     # ------------------------------------------------------------------ loading
@@ -182,8 +188,7 @@ class ImageDataModule(L.LightningDataModule):
 
     def _network_input(self, images: Tensor, trainer: L.Trainer | None) -> Tensor:
         """A ``uint8`` batch on the device → resized, augmented (training only), normalized float32 batch."""
-        model = trainer.lightning_module if trainer is not None else None
-        memory_format = getattr(model, "input_memory_format", torch.contiguous_format)
+        memory_format = self.memory_format
         size = self.input_shape[1:]
         resize = tuple(images.shape[-2:]) != size
         augment = self.augment if len(self.augment) > 0 and trainer is not None and trainer.training else None

@@ -30,6 +30,7 @@ class CIFAR10DataModule(ImageDataModule):
     flip (set in ``configs/data/cifar10.yaml``).
 
     Args:
+        val_size: Training images held out for validation (the usual 5,000; a fraction when < 1).
         download: Download the data set when it is missing (the only network access, in ``prepare_data``).
         **kwargs: Options of :class:`~project.datamodules.base.ImageDataModule`.
     """
@@ -38,8 +39,8 @@ class CIFAR10DataModule(ImageDataModule):
     native_shape = (3, 32, 32)
     _names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
-    def __init__(self, download: bool = True, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+    def __init__(self, download: bool = True, val_size: float = 5000, **kwargs: Any) -> None:
+        super().__init__(val_size=val_size, **kwargs)
         self.download = download
 
     @property

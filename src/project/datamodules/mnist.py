@@ -18,6 +18,7 @@ class MNISTDataModule(ImageDataModule):
     """torchvision's MNIST under ``root/MNIST/raw``, downloaded when missing.
 
     Args:
+        val_size: Training images held out for validation (the usual 5,000; a fraction when < 1).
         download: Download the data set when it is missing (the only network access, in ``prepare_data``).
         **kwargs: Options of :class:`~project.datamodules.base.ImageDataModule` (``root``, ``batch_size``, ...).
     """
@@ -25,8 +26,8 @@ class MNISTDataModule(ImageDataModule):
     dataset_stats = ((0.1307,), (0.3081,))
     native_shape = (1, 28, 28)
 
-    def __init__(self, download: bool = True, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+    def __init__(self, download: bool = True, val_size: float = 5000, **kwargs: Any) -> None:
+        super().__init__(val_size=val_size, **kwargs)
         self.download = download
 
     @property

@@ -15,30 +15,24 @@ class CNN(ImageClassifier):
     Args:
         channels: Output channels of each stage (each stage halves the resolution).
         dropout: Dropout probability before the head.
-        **kwargs: Training options of :class:`ImageClassifier`.
+        **kwargs: Shapes and training options of :class:`ImageClassifier`.
     """
 
-    def __init__(self, channels: list[int] | tuple[int, ...] = (32, 64, 128), dropout: float = 0.25, **kwargs: Any):
-        self.channels = [int(width) for width in channels]
-        self.dropout = dropout
+    def __init__(
+        self, channels: list[int] | tuple[int, ...] = (32, 64, 128), dropout: float = 0.25, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
-
-    def build_network(self, input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
         layers: list[nn.Module] = []
-        width = input_shape[0]
-        for out in self.channels:
+        width = self.hparams.input_shape[0]
+        for out in channels:
             for conv_in in (width, out):
-                layers += [
-                    nn.Conv2d(conv_in, out, 3, padding=1, bias=False),
-                    nn.BatchNorm2d(out),
-                    nn.ReLU(True),
-                ]
+                layers += [nn.Conv2d(conv_in, out, 3, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU(True)]
             layers.append(nn.MaxPool2d(2))
             width = out
         layers += [
             nn.AdaptiveAvgPool2d(1),
             nn.Flatten(),
-            nn.Dropout(self.dropout),
-            nn.Linear(width, num_classes),
+            nn.Dropout(dropout),
+            nn.Linear(width, self.hparams.num_classes),
         ]
-        return nn.Sequential(*layers)
+        self.network = nn.Sequential(*layers)

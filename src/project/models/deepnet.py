@@ -14,7 +14,7 @@ class DeepNet(MLP):
         hidden_sizes: Width of each hidden layer.
         dropout: Dropout probability after each hidden layer.
         batch_norm: BatchNorm after each hidden Linear layer.
-        **kwargs: Training options of :class:`ImageClassifier`.
+        **kwargs: Shapes and training options of :class:`ImageClassifier`.
     """
 
     def __init__(

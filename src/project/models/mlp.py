@@ -17,7 +17,7 @@ class MLP(ImageClassifier):
         hidden_sizes: Width of each hidden layer.
         dropout: Dropout probability after each hidden layer.
         batch_norm: BatchNorm after each hidden Linear layer (which then needs no bias).
-        **kwargs: Training options of :class:`ImageClassifier` (``lr``, ``optimizer``, ``scheduler``, ...).
+        **kwargs: Shapes and training options of :class:`ImageClassifier` (``num_classes``, ``lr``, ...).
     """
 
     def __init__(
@@ -26,21 +26,17 @@ class MLP(ImageClassifier):
         dropout: float = 0.2,
         batch_norm: bool = False,
         **kwargs: Any,
-    ):
+    ) -> None:
+        super().__init__(**kwargs)
         if not 0 <= dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-        self.hidden_sizes = [int(size) for size in hidden_sizes]
-        self.dropout, self.batch_norm = dropout, batch_norm
-        super().__init__(**kwargs)
-
-    def build_network(self, input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
         layers: list[nn.Module] = [nn.Flatten()]
-        width = math.prod(input_shape)
-        for size in self.hidden_sizes:
-            layers.append(nn.Linear(width, size, bias=not self.batch_norm))
-            if self.batch_norm:
+        width = math.prod(self.hparams.input_shape)
+        for size in hidden_sizes:
+            layers.append(nn.Linear(width, size, bias=not batch_norm))
+            if batch_norm:
                 layers.append(nn.BatchNorm1d(size))
-            layers += [nn.ReLU(inplace=True), nn.Dropout(self.dropout)]
+            layers += [nn.ReLU(inplace=True), nn.Dropout(dropout)]
             width = size
-        layers.append(nn.Linear(width, num_classes))
-        return nn.Sequential(*layers)
+        layers.append(nn.Linear(width, self.hparams.num_classes))
+        self.network = nn.Sequential(*layers)

@@ -15,9 +15,6 @@ from project.callbacks.finetuning import UnfreezeBackbone
 from project.errors import UserError
 from project.models.classifier import ImageClassifier
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
 
 class ResNet(ImageClassifier):
     """torchvision ResNet-18 with a new ``num_classes`` head.
@@ -30,11 +27,14 @@ class ResNet(ImageClassifier):
         unfreeze_at_epoch: With ``finetune: head``, unfreeze the backbone at this epoch (Lightning's
             ``BaseFinetuning``) and train it with ``lr * backbone_lr_ratio``.
         backbone_lr_ratio: Learning-rate ratio of the backbone to the head once unfrozen.
-        **kwargs: Training options of :class:`ImageClassifier`.
+        **kwargs: Shapes and training options of :class:`ImageClassifier`.
 
-    One-channel inputs (MNIST) get a one-channel first convolution whose kernel is the sum of the pretrained RGB
-    kernels: the same output as feeding the gray image on all three channels.
+    With pretrained weights the command line normalizes inputs with ImageNet's statistics
+    (:func:`project.options.resolve_normalize`). One-channel inputs (MNIST) get a one-channel first convolution
+    whose kernel is the sum of the pretrained RGB kernels: the same output as the gray image on all three channels.
     """
+
+    restore_overrides = {"weights": "none"}  # a checkpoint's weights replace the pretrained ones
 
     def __init__(
         self,
@@ -43,54 +43,38 @@ class ResNet(ImageClassifier):
         unfreeze_at_epoch: int | None = None,
         backbone_lr_ratio: float = 0.1,
         **kwargs: Any,
-    ):
+    ) -> None:
+        super().__init__(**kwargs)
         if unfreeze_at_epoch is not None and (unfreeze_at_epoch < 0 or finetune != "head"):
             raise ValueError("unfreeze_at_epoch needs finetune='head' and a value >= 0")
-        self.weights = weights
-        super().__init__(**kwargs)
-
-    @property
-    def pretrained(self) -> bool:
-        return self.weights.lower() != "none"
-
-    @property
-    def preferred_normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
-        return (IMAGENET_MEAN, IMAGENET_STD) if self.pretrained else None
-
-    def build_network(self, input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
-        network = resnet18(weights=None)
-        if input_shape[0] != 3:
-            network.conv1 = nn.Conv2d(input_shape[0], 64, kernel_size=7, stride=2, padding=3, bias=False)
-        network.fc = nn.Linear(network.fc.in_features, num_classes)
-        return network
+        channels = self.hparams.input_shape[0]
+        self.network = resnet18(weights=None)
+        if channels != 3:
+            self.network.conv1 = nn.Conv2d(channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        self.network.fc = nn.Linear(self.network.fc.in_features, self.hparams.num_classes)
+        if weights.lower() != "none":
+            self._load_pretrained(weights)
+        if finetune == "head":
+            BaseFinetuning.freeze(self.backbone, train_bn=False)
 
     @property
     def backbone(self) -> nn.Module:
         """Every layer but the head."""
         return nn.ModuleList(child for name, child in self.network.named_children() if name != "fc")
 
-    def init_weights(self) -> None:
-        if self.pretrained:
-            state = _load_backbone_state(self.weights)
-            conv1 = state["conv1.weight"]
-            channels = self.network.conv1.in_channels
-            if conv1.shape[1] != channels:
-                # Summing the RGB kernels gives what feeding the gray image on all three channels would.
-                state["conv1.weight"] = conv1.sum(dim=1, keepdim=True).repeat(1, channels, 1, 1) / channels
-            head = {key for key in state if key.startswith("fc.")}
-            if head and state["fc.weight"].shape != self.network.fc.weight.shape:
-                state = {key: value for key, value in state.items() if key not in head}
-            missing, unexpected = self.network.load_state_dict(state, strict=False)
-            if unexpected or set(missing) - {"fc.weight", "fc.bias"}:
-                raise UserError(f"--model.weights {self.weights}: not a ResNet-18 state dict ({unexpected or missing})")
-        if self.hparams.finetune == "head":
-            BaseFinetuning.freeze(self.backbone, train_bn=False)
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # Resuming or evaluating: the checkpoint's weights replace the pretrained ones, and the backbone
-        # must be frozen again (requires_grad is not part of a state dict).
-        if self.hparams.finetune == "head" and self.network is not None:
-            BaseFinetuning.freeze(self.backbone, train_bn=False)
+    def _load_pretrained(self, weights: str) -> None:
+        state = _load_backbone_state(weights)
+        conv1 = state["conv1.weight"]
+        channels = self.network.conv1.in_channels
+        if conv1.shape[1] != channels:
+            # Summing the RGB kernels gives what feeding the gray image on all three channels would.
+            state["conv1.weight"] = conv1.sum(dim=1, keepdim=True).repeat(1, channels, 1, 1) / channels
+        head = {key for key in state if key.startswith("fc.")}
+        if head and state["fc.weight"].shape != self.network.fc.weight.shape:
+            state = {key: value for key, value in state.items() if key not in head}
+        missing, unexpected = self.network.load_state_dict(state, strict=False)
+        if unexpected or set(missing) - {"fc.weight", "fc.bias"}:
+            raise UserError(f"--model.weights {weights}: not a ResNet-18 state dict ({unexpected or missing})")
 
     def configure_callbacks(self) -> list[Any]:
         if self.hparams.finetune == "head" and self.hparams.unfreeze_at_epoch is not None:
@@ -105,7 +89,7 @@ class ResNet(ImageClassifier):
         super().train(mode)
         # A frozen backbone keeps its ImageNet BatchNorm statistics and uses them while training, as it will when
         # evaluating: its BatchNorm layers stay in eval mode (Lightning restores each layer's mode after validation).
-        if mode and self.network is not None:
+        if mode:
             for module in self.backbone.modules():
                 if isinstance(module, nn.modules.batchnorm._BatchNorm) and not module.weight.requires_grad:
                     module.eval()

@@ -1,0 +1,94 @@
+"""Every reliance on a Lightning, PyTorch or jsonargparse internal, in one place, with the version it was written for.
+
+Written against lightning 2.6.6, torch 2.14 and jsonargparse 4.53. ``tests/test_compat.py`` checks each assumption
+against the installed versions, so an upgrade that changes one fails there, loudly, instead of somewhere else.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import traceback
+import warnings
+from pathlib import Path
+from typing import Any
+
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.plugins.precision import MixedPrecision, Precision
+
+# LightningCLI 2.6 calls jsonargparse APIs that jsonargparse deprecates; the notices are Lightning's to act on, not the
+# user's. The variable exists for exactly this; set before jsonargparse is imported.
+os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
+
+#: Lightning 2.6's ``utilities/_pytree.py`` calls a torch pytree API that torch 2.10+ deprecates, at every fit and test.
+LEAF_SPEC_WARNING = r"`isinstance\(treespec, LeafSpec\)` is deprecated"
+#: Lightning 2.6 logs this advertisement for its cloud logger at every ``Trainer`` start.
+LITLOGGER_TIP = "try installing [litlogger]"
+#: The logger Lightning's rank-zero messages go through.
+RANK_ZERO_LOGGER = "lightning.pytorch.utilities.rank_zero"
+
+
+class FastHookBookkeeping:
+    """Mixed into the LightningModule: Lightning (2.6) records the running hook in ``_current_fx_name`` before and
+    after every hook call, dozens of times per step, and ``nn.Module.__setattr__`` is slow for a plain string."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "_current_fx_name":
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
+
+
+class _WithoutLitLoggerTip(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return LITLOGGER_TIP not in str(record.msg)
+
+
+def quiet_lightning_notices() -> None:
+    """Silence the notices Lightning prints at every run that are Lightning's to fix (only these two)."""
+    warnings.filterwarnings("ignore", message=LEAF_SPEC_WARNING, category=FutureWarning)
+    logger = logging.getLogger(RANK_ZERO_LOGGER)
+    if not any(isinstance(f, _WithoutLitLoggerTip) for f in logger.filters):
+        logger.addFilter(_WithoutLitLoggerTip())
+
+
+def clips_like_clip_grad_norm(plugin: Precision) -> bool:
+    """Whether a precision plugin clips by norm as ``clip_grad_norm_`` on the gradients as they are.
+
+    True for Lightning's full, half, double and bf16-mixed plugins (bf16-mixed only adds a refusal of fused
+    optimizers); false with a ``GradScaler`` (16-mixed) and for plugins that clip in their own way (FSDP, DeepSpeed).
+    Lightning has no public flag for this: the plugin's methods are compared with the base classes' by identity.
+    """
+    return (
+        getattr(plugin, "scaler", None) is None
+        and type(plugin).clip_gradients in (Precision.clip_gradients, MixedPrecision.clip_gradients)
+        and type(plugin).clip_grad_by_norm is Precision.clip_grad_by_norm
+    )
+
+
+def lightning_refused_a_setting(error: BaseException) -> bool:
+    """Whether ``error`` is Lightning refusing a trainer setting once it sees the data, as training starts.
+
+    Its ``MisconfigurationException`` always is; a ``ValueError`` is when Lightning raised it while setting up the
+    loops' data (``fit_loop.setup_data``: batch limits and validation interval against the loaders' lengths). Any
+    other ``ValueError`` is a bug and keeps its traceback.
+    """
+    if isinstance(error, MisconfigurationException):
+        return True
+    if not isinstance(error, ValueError):
+        return False
+    frames = traceback.extract_tb(error.__traceback__)
+    raised_in_lightning = bool(frames) and "lightning" in Path(frames[-1].filename).parts
+    return raised_in_lightning and any(frame.name == "setup_data" for frame in frames)
+
+
+def loggers_write_this_step(trainer: Any) -> bool:
+    """Whether the loggers write the values logged at this training batch (every ``log_every_n_steps``): Lightning's
+    own decision, which only its private logger connector holds."""
+    return bool(trainer._logger_connector.should_update_logs)
+
+
+def attached_trainer(module: Any) -> Any:
+    """The ``Trainer`` a LightningModule is attached to, or ``None``: ``module.trainer`` raises when there is none, and
+    Lightning (2.6) keeps the reference in the private ``_trainer``."""
+    return module._trainer

@@ -1,0 +1,89 @@
+"""Optimizers and learning-rate schedules by name, for :class:`~project.models.classifier.ImageClassifier`."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import torch
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
+from torch import nn
+
+OptimizerName = Literal["adam", "adamw", "sgd"]
+SchedulerName = Literal["none", "step", "plateau", "cosine", "warmup_cosine"]
+
+
+def make_optimizer(
+    name: OptimizerName, params: list[nn.Parameter], lr: float, momentum: float, weight_decay: float, fused: bool | None
+) -> torch.optim.Optimizer:
+    """Adam, AdamW (decoupled weight decay) or SGD with momentum; ``fused`` picks PyTorch's one-pass kernel."""
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=fused)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused)
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, fused=fused)
+
+
+def make_scheduler(
+    name: SchedulerName, optimizer: torch.optim.Optimizer, step_size: int, gamma: float, warmup_epochs: float
+) -> dict[str, Any] | None:
+    """Lightning's ``lr_scheduler`` configuration for ``name``, or ``None`` for a constant learning rate."""
+    if name == "none":
+        return None
+    if name == "step":
+        return {"scheduler": torch.optim.lr_scheduler.StepLR(optimizer, step_size, gamma), "interval": "epoch"}
+    if name == "plateau":
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=gamma, patience=step_size)
+        return {"scheduler": scheduler, "monitor": "val/acc", "interval": "epoch"}
+    # Per step; the length is set when training starts (fit_cosine_schedules).
+    schedule = CosineSchedule(warmup_epochs if name == "warmup_cosine" else 0)
+    return {"scheduler": torch.optim.lr_scheduler.LambdaLR(optimizer, schedule), "interval": "step"}
+
+
+class CosineSchedule:
+    """Learning-rate factor: linear warm-up from ~0 to 1 over ``warmup_steps``, then cosine decay to 0.
+
+    A picklable function object (``LambdaLR`` saves plain attributes, not closures). Its length is set when training
+    starts (:func:`fit_cosine_schedules`); until then the factor is 1.
+    """
+
+    def __init__(self, warmup_epochs: float = 0) -> None:
+        self.warmup_epochs = warmup_epochs
+        self.total_steps, self.warmup_steps = 0, 0
+
+    def __call__(self, step: int) -> float:
+        if not self.total_steps:
+            return 1.0
+        if step < self.warmup_steps:
+            return (step + 1) / (self.warmup_steps + 1)
+        progress = (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def fit_cosine_schedules(trainer: Any) -> None:
+    """Give the cosine schedules the run's length in steps, when training starts.
+
+    Not in ``configure_optimizers``: asking the trainer for the number of steps there loads the training data before a
+    resumed run has restored the loader's position, and Lightning would restart the interrupted epoch from its first
+    batch. A resumed run has its length from the checkpoint; a run extended with a larger ``--trainer.max_epochs`` is
+    stretched to the new length instead of training at learning rate 0.
+    """
+    total_steps = max(1, int(trainer.estimated_stepping_batches))
+    batches = trainer.num_training_batches
+    steps_per_epoch = math.ceil(batches / trainer.accumulate_grad_batches) if math.isfinite(batches) else None
+    for config in trainer.lr_scheduler_configs:
+        scheduler = config.scheduler
+        schedules = getattr(scheduler, "lr_lambdas", [])
+        unfit = [s for s in schedules if isinstance(s, CosineSchedule) and s.total_steps != total_steps]
+        if not unfit:
+            continue
+        if unfit[0].total_steps:
+            rank_zero_warn(f"cosine schedule stretched from {unfit[0].total_steps} to {total_steps} steps")
+        for schedule in unfit:
+            if not schedule.total_steps:  # a new run: the warm-up's length in steps too
+                epoch_steps = steps_per_epoch or total_steps / max(1, trainer.max_epochs or 1)
+                schedule.warmup_steps = min(total_steps - 1, math.ceil(schedule.warmup_epochs * epoch_steps))
+            schedule.total_steps = total_steps
+        groups = scheduler.optimizer.param_groups
+        for group, base_lr, schedule in zip(groups, scheduler.base_lrs, schedules, strict=True):
+            group["lr"] = base_lr * schedule(scheduler.last_epoch)
