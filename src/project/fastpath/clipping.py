@@ -55,7 +55,6 @@ class FusedClipping:
         else:
             torch.nn.utils.clip_grads_with_norm_(params, clip_val, total_norm)
 
-
     def reads_norm_on_host(self, grads: list[Tensor]) -> bool:
         """On CPU, where reading the norm as a Python number waits for nothing."""
         return grads[0].device.type == "cpu"
