@@ -1,0 +1,104 @@
+"""Each assumption project.compat makes about Lightning's and PyTorch's internals, checked against the installed
+versions: when an upgrade changes one, it fails here, by name."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import lightning as L
+import pytest
+import torch
+from conftest import quiet_trainer
+from lightning.pytorch.plugins.precision import DoublePrecision, FSDPPrecision, HalfPrecision, MixedPrecision, Precision
+from lightning.pytorch.utilities import _pytree
+
+from project import compat
+from project.datamodules import MNISTDataModule
+from project.models import MLP
+
+
+def test_lightning_records_the_running_hook_in_current_fx_name(data_root) -> None:
+    # FastHookBookkeeping bypasses nn.Module.__setattr__ for exactly this attribute.
+    seen: list[str] = []
+
+    class Record(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            seen.append(pl_module._current_fx_name)
+
+    data = MNISTDataModule(root=str(data_root), batch_size=32, val_size=0)
+    model = MLP(**data.model_args(), hidden_sizes=[8])
+    assert isinstance(model, compat.FastHookBookkeeping) and compat.attached_trainer(model) is None
+    trainer = quiet_trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=0, callbacks=[Record()])
+    trainer.fit(model, datamodule=data)
+    assert seen == ["on_train_batch_start"] * 2
+    assert "_current_fx_name" in vars(model) and "_current_fx_name" not in model._modules
+    assert compat.attached_trainer(model) is trainer
+
+
+def test_lightning_still_warns_about_leafspec_and_the_filter_silences_only_that() -> None:
+    with pytest.warns(FutureWarning, match=compat.LEAF_SPEC_WARNING):
+        _pytree._tree_flatten(1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        compat.quiet_lightning_notices()
+        _pytree._tree_flatten(1)
+        warnings.warn("another FutureWarning", FutureWarning, stacklevel=1)
+    assert [str(w.message) for w in caught] == ["another FutureWarning"]
+
+
+def test_lightning_still_advertises_litlogger_and_the_filter_drops_only_that(caplog: pytest.LogCaptureFixture) -> None:
+    logger = logging.getLogger(compat.RANK_ZERO_LOGGER)
+    saved = list(logger.filters)
+    try:
+        for item in saved:
+            logger.removeFilter(item)
+        with caplog.at_level(logging.INFO, logger=compat.RANK_ZERO_LOGGER):
+            L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+        assert any(compat.LITLOGGER_TIP in record.getMessage() for record in caplog.records)
+        caplog.clear()
+        compat.quiet_lightning_notices()
+        with caplog.at_level(logging.INFO, logger=compat.RANK_ZERO_LOGGER):
+            L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+        messages = [record.getMessage() for record in caplog.records]
+        assert messages and not any(compat.LITLOGGER_TIP in message for message in messages)  # others still pass
+    finally:
+        for item in list(logger.filters):
+            logger.removeFilter(item)
+        for item in saved:
+            logger.addFilter(item)
+
+
+@pytest.mark.parametrize(
+    ("plugin", "expected"),
+    [
+        (Precision(), True),
+        (DoublePrecision(), True),
+        (HalfPrecision("bf16-true"), True),
+        (MixedPrecision("bf16-mixed", "cpu"), True),
+        (MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu")), False),
+        (FSDPPrecision("32-true"), False),
+    ],
+    ids=["32-true", "64-true", "bf16-true", "bf16-mixed", "16-mixed-scaler", "fsdp"],
+)
+def test_which_precision_plugins_clip_like_clip_grad_norm(plugin: Precision, expected: bool) -> None:
+    assert compat.clips_like_clip_grad_norm(plugin) is expected
+
+
+def test_lightning_still_refuses_clipping_with_a_fused_optimizer_under_mixed_precision() -> None:
+    # The reason the fast path clips in its own plugin: Lightning's bf16-mixed refuses a fused optimizer with clipping.
+    parameter = torch.nn.Parameter(torch.ones(3))
+    parameter.grad = torch.ones(3)
+    optimizer = torch.optim.Adam([parameter], fused=True)
+    with pytest.raises(RuntimeError, match="does not allow for gradient clipping"):
+        MixedPrecision("bf16-mixed", "cpu").clip_gradients(optimizer, clip_val=1.0)
+
+
+def test_fused_optimizers_still_take_a_grad_scale() -> None:
+    # The fused clipping divides the gradients by optimizer.grad_scale inside the step.
+    parameter = torch.nn.Parameter(torch.zeros(4))
+    parameter.grad = torch.full((4,), 2.0)
+    optimizer = torch.optim.SGD([parameter], lr=1.0, fused=True)
+    optimizer.grad_scale = torch.tensor(4.0)
+    optimizer.step()
+    torch.testing.assert_close(parameter.detach(), torch.full((4,), -0.5))
