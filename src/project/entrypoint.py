@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from project import rundir
+from project import compat, rundir
 from project.errors import UserError
 
 #: The ``--ckpt`` help of every entry point.
@@ -28,6 +28,7 @@ class ArgumentParser(argparse.ArgumentParser):
 
 def run_main(main: Callable[[list[str]], int], argv: Sequence[str] | None) -> int:
     """Call ``main(argv)`` (``sys.argv[1:]`` by default); print a :class:`UserError` as one line, return its code."""
+    compat.quiet_lightning_notices()
     try:
         return main(list(sys.argv[1:] if argv is None else argv))
     except UserError as error:

@@ -22,13 +22,13 @@ import lightning as L
 import yaml
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 
+from project import fastpath
 from project.callbacks.dashboard import ClassificationDashboard
 from project.checkpoint import load_checkpoint_file, model_from_checkpoint
 from project.configs import short_names
 from project.datamodules.base import ImageDataModule
 from project.entrypoint import CKPT_HELP, ArgumentParser, checkpoint_run_dir, run_main
 from project.errors import UserError, first_line
-from project.fastpath.progress import ThrottledRichProgressBar
 from project.options import check_gpu, constructor_args, import_class, resolve_normalize, resolve_precision
 
 
@@ -130,23 +130,23 @@ def evaluate(
     datamodule, init_args = make_datamodule(class_path, init_args, dict(model.hparams))
     _check_compatible(model, datamodule)
     output = Path(output) if output else checkpoint_run_dir(checkpoint) / "eval" / "eval.json"
-    callbacks: list[L.Callback] = [ClassificationDashboard(output.parent)]
-    if sys.stdout.isatty():
-        callbacks.append(ThrottledRichProgressBar())
+    speed = fastpath.trainer_options(progress_bar=sys.stdout.isatty())
     try:
         trainer = L.Trainer(
             accelerator=accelerator,
             devices=1,
             precision=resolve_precision(precision, accelerator),
             logger=False,
-            callbacks=callbacks,
-            enable_progress_bar=len(callbacks) > 1,
+            profiler=speed["profiler"],
+            callbacks=[ClassificationDashboard(output.parent), *speed["callbacks"]],
+            enable_progress_bar=sys.stdout.isatty(),
             enable_model_summary=False,
             enable_checkpointing=False,
             default_root_dir=output.parent,
         )
     except (MisconfigurationException, ValueError) as error:
         raise UserError(first_line(error)) from None
+    fastpath.install(trainer, model, datamodule)
     metrics = trainer.test(model, datamodule=datamodule, verbose=False)[0]
     result = {
         "checkpoint": str(Path(checkpoint).resolve()),
