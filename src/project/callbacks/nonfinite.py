@@ -19,8 +19,8 @@ class NonFiniteLossError(RuntimeError):
 class NonFiniteLossCheck(Callback):
     """Raise :class:`NonFiniteLossError` naming the first step whose training loss is not finite.
 
-    Reading a GPU value on the host waits for the GPU, so the losses are only collected (as device tensors, a
-    few microseconds per step) and checked together every ``every_n_steps`` steps, and always before validation
+    Reading a GPU value on the host waits for the GPU, so the losses are only collected (as device tensors) and
+    checked together every ``every_n_steps`` steps, and always before validation
     and before any checkpoint is written: a checkpoint never holds weights trained past a non-finite loss, and
     the error names the first bad step however late it is found. Under DDP the ranks agree with one all-reduce
     per check, so they all stop together.
@@ -41,8 +41,7 @@ class NonFiniteLossCheck(Callback):
         if not isinstance(loss, torch.Tensor):
             return  # the step was skipped (training_step returned None)
         # global_step already counts this batch's optimizer step: the batch ran at global_step - 1. Lightning hands
-        # over a detached copy of the loss; any reshaping waits for the check (no tensor op per step: each costs
-        # ~10 us on CPU right after the optimizer step, as much as the rest of this hook).
+        # over a detached copy of the loss; any reshaping waits for the check (no tensor op per step).
         self._losses.append(loss.detach() if loss.requires_grad else loss)
         self._where.append((trainer.global_step - 1, trainer.current_epoch, batch_idx))
         if len(self._losses) >= self.every_n_steps:

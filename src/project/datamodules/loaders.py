@@ -146,14 +146,13 @@ class InMemoryLoader(EpochPosition):
                 )
             return
         order = self.indices().to(self.images.device)[first * self.batch_size : len(self) * self.batch_size]
-        # The rows are gathered into training order a block of batches at a time (up to ~BLOCK_BYTES), and each
-        # batch is a slice of its block, a view: two index_select calls per block instead of per step, which on CPU
-        # saves ~80 us of a 3 ms MLP step (small ops are slow right after an optimizer step) and on a GPU two kernel
-        # launches per step. The block bounds the memory this costs, whatever the image size.
+        # The rows are gathered into training order a block of batches at a time (up to BLOCK_BYTES), and each batch
+        # is a view of its block: two index_select calls per block instead of per step (small ops are slow right
+        # after an optimizer step). The block bounds the memory this costs, whatever the image size.
         sample_bytes = self.images[:1].numel() * self.images.element_size()
         block = self.batch_size * max(1, self.BLOCK_BYTES // max(1, sample_bytes * self.batch_size))
         for block_start in range(0, len(order), block):
-            # index_select, not images[index]: the same rows, ~10x faster for a small index on CPU.
+            # index_select, not images[index]: the same rows, much faster for a small index on CPU.
             index = order[block_start : block_start + block]
             images, labels = self.images.index_select(0, index), self.labels.index_select(0, index)
             for start in range(0, len(index), self.batch_size):

@@ -15,8 +15,8 @@ class NoProfiler(PassThroughProfiler):
 
     Lightning wraps every hook call in ``with trainer.profiler.profile(name):``, about 140 times per training step
     with the template's callbacks. The default profiler's ``profile()`` is a generator-based context manager that
-    does nothing, yet costs ~600 Python calls per step (a sixth of Lightning's own work per step; for a small
-    model on CPU, as much as a linear layer). This one returns the same empty context every time.
+    does nothing, yet costs hundreds of Python calls per step (benchmarks/README.md). This one returns the same
+    empty context every time.
     """
 
     def profile(self, action_name: str) -> AbstractContextManager[None]:  # type: ignore[override]
