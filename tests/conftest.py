@@ -11,9 +11,8 @@ from typing import Any
 
 import pytest
 import torch
+from fakedata import write_cifar10, write_image_folder, write_mnist, write_resnet18_weights
 from lightning import Trainer
-
-from project.fakedata import write_cifar10, write_image_folder, write_mnist, write_resnet18_weights
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_SCRIPT = REPO / "scripts" / "train.py"

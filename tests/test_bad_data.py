@@ -13,11 +13,11 @@ import pytest
 import torch
 import yaml
 from conftest import TINY
+from fakedata import write_cifar10, write_mnist
 
 from project.cli import main
 from project.datamodules import CIFAR10DataModule, MNISTDataModule
 from project.errors import DataError
-from project.fakedata import write_cifar10, write_mnist
 
 Corrupt = Callable[[bytes], bytes]
 

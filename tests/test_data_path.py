@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 from torchvision.transforms.v2 import functional as TF
 
-from project import benchmark
+from benchmarks import benchmark, common, gpu, mlp
 from project.datamodules.cifar10 import CIFAR10DataModule
 from project.datamodules.loaders import InMemoryLoader
 from project.datamodules.mnist import MNISTDataModule
@@ -430,9 +430,9 @@ def test_batches_take_the_dtype_of_the_weights(data_root: Path, precision: str, 
 
 
 # ---------------------------------------------------------------------------------------------- accuracy and speed
-def _context(root: Path, tmp_path: Path, *options: str) -> benchmark.Context:
+def _context(root: Path, tmp_path: Path, *options: str) -> mlp.Context:
     args = benchmark.parse_args(["--data.root", str(root), "--runs", "A,C", *options])
-    return benchmark.Context(args, root, tmp_path, torch.device("cpu"), benchmark.MNISTTensors.load(root))
+    return mlp.Context(args, root, tmp_path, torch.device("cpu"), common.MNISTTensors.load(root))
 
 
 def test_template_reaches_the_accuracy_of_the_per_sample_path(digits_root: Path, tmp_path: Path) -> None:
@@ -442,8 +442,8 @@ def test_template_reaches_the_accuracy_of_the_per_sample_path(digits_root: Path,
     # up to ~6 points after 4 epochs, ~1.5 after 8, measured over 5 seeds.)
     ctx = _context(digits_root, tmp_path, "--epochs", "8", "--batch_size", "64")
     for seed in (0, 1):
-        textbook = benchmark.run_a(ctx, seed)
-        template = benchmark.run_c(ctx, seed)
+        textbook = mlp.run_a(ctx, seed)
+        template = mlp.run_c(ctx, seed)
         assert textbook.samples == template.samples == 8 * 1500
         assert textbook.test_acc > 0.85 and template.test_acc > 0.85, (textbook.test_acc, template.test_acc)
         assert abs(textbook.test_acc - template.test_acc) < 0.03, (seed, textbook.test_acc, template.test_acc)
@@ -468,8 +468,8 @@ def test_gpu_measurements_run_end_to_end_on_cpu(tmp_path: Path, data_root: Path)
     # CPU with a few tiny steps, so that the one GPU run the numbers come from does not fail on a typo.
     options = ["--gpu_batch_size", "4", "--gpu_steps", "2", "--gpu_warmup", "1", "--gpu_sizes", "32,40"]
     args = benchmark.parse_args([*options, "--peak_tflops", "1", "--gpu_ablations", "--gpu_repeats", "2"])
-    out = benchmark.benchmark_gpu(args, tmp_path, lambda message: None, device=torch.device("cpu"))
-    kinds = ["plain", "template", *(f"template, {ablation}" for ablation in benchmark.GPU_ABLATIONS)]
+    out = gpu.benchmark_gpu(args, tmp_path, lambda message: None, device=torch.device("cpu"))
+    kinds = ["plain", "template", *(f"template, {ablation}" for ablation in gpu.GPU_ABLATIONS)]
     assert set(out["runs"]) == {f"resnet18 {size}px {kind}" for size in (32, 40) for kind in kinds}
     for key, run in out["runs"].items():
         assert len(run["images_per_s_all"]) == 2 and run["images_per_s"] > 0 and run["mfu"] > 0
@@ -478,12 +478,12 @@ def test_gpu_measurements_run_end_to_end_on_cpu(tmp_path: Path, data_root: Path)
     assert out["data"].startswith("generated CIFAR-10")
     # With --data.root at real CIFAR-10 files (written in the true format here), the template trains on those.
     args = benchmark.parse_args([*options[:6], "--gpu_sizes", "32", "--data.root", str(data_root)])
-    out = benchmark.benchmark_gpu(args, tmp_path / "real", lambda message: None, device=torch.device("cpu"))
+    out = gpu.benchmark_gpu(args, tmp_path / "real", lambda message: None, device=torch.device("cpu"))
     assert out["data"] == f"CIFAR-10 files in {data_root}" and out["runs"]["resnet18 32px template"]["mfu"] is None
-    assert benchmark.peak_tflops("NVIDIA H100 80GB HBM3", None) == 989
-    assert benchmark.peak_tflops("NVIDIA H100 PCIe", None) == 756
-    assert benchmark.peak_tflops("NVIDIA A100-SXM4-80GB", None) == 312
-    assert benchmark.peak_tflops("Unknown GPU", None) is None and benchmark.peak_tflops("Unknown", 100.0) == 100.0
+    assert gpu.peak_tflops("NVIDIA H100 80GB HBM3", None) == 989
+    assert gpu.peak_tflops("NVIDIA H100 PCIe", None) == 756
+    assert gpu.peak_tflops("NVIDIA A100-SXM4-80GB", None) == 312
+    assert gpu.peak_tflops("Unknown GPU", None) is None and gpu.peak_tflops("Unknown", 100.0) == 100.0
 
 
 def test_plain_cuda_check_only_without_gpu(monkeypatch: pytest.MonkeyPatch) -> None:

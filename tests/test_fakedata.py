@@ -9,17 +9,16 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from PIL import Image
-from torchvision.datasets import CIFAR10, MNIST, ImageFolder
-from torchvision.models import ResNet18_Weights
-
-from project.fakedata import (
+from fakedata import (
     CIFAR10_CLASSES,
     write_cifar10,
     write_image_folder,
     write_mnist,
     write_resnet18_weights,
 )
+from PIL import Image
+from torchvision.datasets import CIFAR10, MNIST, ImageFolder
+from torchvision.models import ResNet18_Weights
 
 
 class UncheckedCIFAR10(CIFAR10):

@@ -12,6 +12,7 @@ import pytest
 import torch
 import yaml
 from conftest import quiet_trainer
+from fakedata import write_image_folder
 from PIL import Image
 from torch.utils.data import DistributedSampler, TensorDataset
 from torchvision.transforms.v2 import InterpolationMode
@@ -21,7 +22,6 @@ from project.datamodules.folder import FolderDataModule
 from project.datamodules.images import FolderImageDataset, load_image
 from project.datamodules.loaders import EpochSeededSampler, ResumableDataLoader
 from project.errors import DataError
-from project.fakedata import write_image_folder
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 16

@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
+from fakedata import write_image_folder
 
 from project.cli import main
-from project.fakedata import write_image_folder
 
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 

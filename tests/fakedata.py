@@ -5,6 +5,9 @@ that the real loaders read unchanged: MNIST's IDX files, CIFAR-10's pickled batc
 real image files and a ResNet-18 checkpoint in torch hub's cache. The content depends on the label, so a
 model can learn it: either a coloured blob whose position encodes the class (``source="random"``) or
 scikit-learn's 8x8 handwritten digits, upscaled (``source="digits"``).
+
+A test helper, not part of the installed package: tests import it as ``fakedata`` (``tests/`` is on their path), the
+benchmark through ``benchmarks/common.py``.
 """
 
 from __future__ import annotations
