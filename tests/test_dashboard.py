@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import csv
 import json
+from itertools import pairwise
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 from conftest import TINY, quiet_trainer, run_train
+from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 from PIL import Image
+from torchvision import datasets
 
 from project import plots
 from project.callbacks.dashboard import ClassificationDashboard, WorstPredictions
@@ -34,6 +38,20 @@ def _logits(preds: list[int], confidences: list[float], num_classes: int = 3) ->
 def _per_class(path: Path) -> list[dict[str, str]]:
     with path.open(newline="") as file:
         return list(csv.DictReader(file))
+
+
+def _png(path: Path, figure: Figure) -> tuple[np.ndarray, Any]:
+    """The RGB pixels of ``path``, saved from ``figure`` (redrawn here: the same layout), and its renderer."""
+    figure.canvas.draw()
+    with Image.open(path) as image:
+        pixels = np.asarray(image.convert("RGB")).astype(int)
+    assert pixels.shape[:2] == (int(figure.bbox.height), int(figure.bbox.width)), "the figure the file shows"
+    return pixels, figure.canvas.get_renderer()
+
+
+def _at(pixels: np.ndarray, x: float, y: float) -> tuple[int, int]:
+    """``(row, column)`` in ``pixels`` of the display point ``(x, y)`` (matplotlib's origin is the bottom left)."""
+    return round(len(pixels) - y - 0.5), round(x - 0.5)
 
 
 # ---------------------------------------------------------------------------------------------- what is kept
@@ -75,6 +93,9 @@ def test_validation_is_drawn_every_n_epochs_and_after_the_last(
     titles: list[str] = []
     draw = plots.plot_confusion_matrix
     monkeypatch.setattr(plots, "plot_confusion_matrix", lambda *a, **k: titles.append(a[3]) or draw(*a, **k))
+    shown: list[tuple[list[np.ndarray], list[str], list[str], list[float]]] = []
+    draw_predictions = plots.plot_predictions
+    monkeypatch.setattr(plots, "plot_predictions", lambda *a, **k: shown.append(a[:4]) or draw_predictions(*a, **k))
     trainer = quiet_trainer(
         max_epochs=3,
         limit_train_batches=2,
@@ -90,8 +111,41 @@ def test_validation_is_drawn_every_n_epochs_and_after_the_last(
     # Epochs 0, 1, 2 with every_n_epochs=2: the 2nd (index 1) and the last; never the sanity check.
     assert [title.split(":")[0] for title in titles] == ["Validation, epoch 1", "Validation, epoch 2", "Test"]
     assert "of 8 images" in titles[-1]  # one test batch of 8
-    with Image.open(tmp_path / "dashboard" / "test" / "predictions.png") as image:
-        assert image.width > 500  # four tiles side by side
+    # The test's four worst predictions are four of its first 8 images (the unshuffled test batch), as torchvision
+    # reads them from the MNIST files, each once.
+    images, true_names, predicted_names, confidences = shown[-1]
+    test_images = datasets.MNIST(str(data_root), train=False).data[:8].numpy() / 255
+    assert len(images) == 4
+    found = [
+        [i for i, test_image in enumerate(test_images) if np.allclose(image[..., 0], test_image, rtol=0, atol=1e-5)]
+        for image in images
+    ]
+    assert all(len(indices) == 1 for indices in found) and len({i for (i,) in found}) == 4, found
+    # The file shows them: four tiles side by side, each pixel of each image at its place in its tile (nearest
+    # neighbour: a tile is the image's pixels enlarged, in shades of grey), under its caption in its colour.
+    path = tmp_path / "dashboard" / "test" / "predictions.png"
+    figure = plots.predictions_figure(images, true_names, predicted_names, confidences, "Test")
+    pixels, renderer = _png(path, figure)
+    tiles = [artist.get_window_extent(renderer) for artist in figure.axes[0].images]
+    assert len(tiles) == 4 and all(a.x1 <= b.x0 and a.y0 == b.y0 for a, b in pairwise(tiles)), "side by side"
+    height, width = images[0].shape[:2]
+    drawn = []
+    for image, box in zip(images, tiles, strict=True):
+        # At the centre of each image pixel's square in the tile.
+        ys = box.y1 - (np.arange(height) + 0.5) * box.height / height
+        xs = box.x0 + (np.arange(width) + 0.5) * box.width / width
+        tile = np.array([[pixels[_at(pixels, x, y)] for x in xs] for y in ys])
+        assert np.abs(tile - tile[..., :1]).max() <= 1, "shades of grey"
+        assert np.abs(tile[..., 0] - image[..., 0] * 255).max() <= 3, "each pixel of the image in its place"
+        assert tile.std() > 10, "not blank"
+        drawn.append(tile)
+    assert all(np.abs(a - b).mean() > 10 for i, a in enumerate(drawn) for b in drawn[i + 1 :]), "four different tiles"
+    for caption, true, predicted in zip(figure.axes[0].texts, true_names, predicted_names, strict=True):
+        colour = np.array([0xC6, 0x28, 0x28]) if true != predicted else np.array([0x2E, 0x7D, 0x32])
+        box = caption.get_window_extent(renderer)
+        (top, left), (bottom, right) = _at(pixels, box.x0, box.y1), _at(pixels, box.x1, box.y0)
+        text = pixels[top : bottom + 1, left : right + 1].reshape(-1, 3)
+        assert (np.abs(text - colour).max(axis=1) <= 8).sum() > 20, f"the caption {caption.get_text()!r} is drawn"
 
 
 # ---------------------------------------------------------------------------------------------- a training run
@@ -224,10 +278,33 @@ def test_learning_curves_place_learning_rate_rows_in_their_epoch(tmp_path: Path)
     figure = plots.learning_curves_figure(curves)
     assert [axes.get_title() for axes in figure.axes] == ["Loss", "Accuracy", "Learning rate"]
     assert [len(axes.lines) for axes in figure.axes] == [2, 2, 1]
+    drawn = {
+        (axes.get_title(), line.get_label()): line.get_xydata().tolist() for axes in figure.axes for line in axes.lines
+    }
+    assert drawn == {
+        ("Loss", "train"): [[0, 1.5], [1, 1.1]],
+        ("Loss", "val"): [[0, 1.2], [1, 0.9]],
+        ("Accuracy", "train"): [[0, 0.4], [1, 0.6]],
+        ("Accuracy", "val"): [[0, 0.5], [1, 0.7]],
+        ("Learning rate", "Adam"): [[0, 0.001], [1, 0.0005]],
+    }
     assert all(axes.get_xlabel() == "epoch" for axes in figure.axes)
     assert _clipped(figure) == []
-    with Image.open(path) as image:
-        assert image.size[0] > image.size[1] > 200
+    # The file shows the curves: at each point of each line, a marker of the line's colour.
+    pixels, _ = _png(path, figure)
+    assert pixels.shape[1] > pixels.shape[0] > 200
+    points = 0
+    for axes in figure.axes:
+        for line in axes.lines:
+            colour = np.array([round(255 * c) for c in to_rgb(line.get_color())])
+            for x, y in axes.transData.transform(line.get_xydata()):
+                row, column = _at(pixels, x, y)
+                around = pixels[row - 1 : row + 2, column - 1 : column + 2].reshape(-1, 3)
+                assert np.abs(around - colour).max(axis=1).min() <= 8, (axes.get_title(), line.get_label(), x, y)
+                points += 1
+    assert points == 2 * 2 + 2 * 2 + 2
+    # And the colours differ between the lines of a panel: train and val are told apart.
+    assert all(len({line.get_color() for line in axes.lines}) == len(axes.lines) for axes in figure.axes)
 
 
 def test_a_model_without_step_outputs_turns_the_dashboard_off_with_a_warning(tmp_path: Path, data_root: Path) -> None:
