@@ -149,7 +149,6 @@ def test_resume_mid_epoch_after_a_signal_is_bit_identical(
 
 
 def test_resume_continues_the_wandb_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, data_root: Path) -> None:
-    pytest.importorskip("wandb")
     args = ["--logger", "wandb", "--data.root", str(data_root), "--run_dir", "run"]
     assert _run(tmp_path, monkeypatch, *args) == 0
     run_id = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["wandb_run_id"]

@@ -8,15 +8,44 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import wandb  # a dev dependency: missing, these tests fail (a broken install) rather than skip
 import yaml
 
 from project.cli import TemplateCLI
 from project.configs import expand_args
 
-wandb_sweep_utils = pytest.importorskip("wandb.sdk.launch.sweeps.utils")
-
 REPO = Path(__file__).resolve().parents[1]
 SWEEPS = sorted((REPO / "configs" / "sweep").glob("*.yaml"))
+
+# What W&B's sweep configuration reference (docs.wandb.ai, "Sweep configuration options") allows.
+TOP_LEVEL_KEYS = {"program", "entity", "project", "description", "name", "method", "metric", "parameters"}
+TOP_LEVEL_KEYS |= {"early_terminate", "command", "run_cap"}
+CONSTRAINT_KEYS = {"values", "value", "distribution", "probabilities", "min", "max", "mu", "sigma", "q", "parameters"}
+DISTRIBUTIONS = {"constant", "categorical", "int_uniform", "uniform", "q_uniform", "log_uniform", "log_uniform_values"}
+DISTRIBUTIONS |= {"q_log_uniform", "q_log_uniform_values", "inv_log_uniform", "inv_log_uniform_values", "normal"}
+DISTRIBUTIONS |= {"q_normal", "log_normal", "q_log_normal", "beta", "q_beta"}
+COMMAND_MACROS = {"env", "interpreter", "program", "args", "args_no_hyphens", "args_no_boolean_flags", "args_json"}
+COMMAND_MACROS |= {"args_json_file"}
+
+
+def _agent_utils() -> Any:
+    """Where ``wandb agent`` builds a run's command line (``wandb_agent.Agent._command_run``).
+
+    wandb has no public API for it, so this reaches into an internal module; a wandb upgrade that moves it fails here,
+    loudly, instead of skipping the tests that need it.
+    """
+    try:
+        from wandb.sdk.launch.sweeps import utils
+    except ImportError as error:
+        raise AssertionError(
+            f"wandb {wandb.__version__} has no wandb.sdk.launch.sweeps.utils, where `wandb agent` built the command"
+            " line of a sweep run: find where wandb_agent.Agent._command_run builds it now and update _agent_command"
+        ) from error
+    missing = [name for name in ("create_sweep_command", "create_sweep_command_args") if not hasattr(utils, name)]
+    assert not missing, (
+        f"wandb {wandb.__version__}: wandb.sdk.launch.sweeps.utils lacks {missing}: update _agent_command"
+    )
+    return utils
 
 
 def _sample(spec: dict[str, Any], rng: random.Random) -> Any:
@@ -38,8 +67,9 @@ def _sample(spec: dict[str, Any], rng: random.Random) -> Any:
 
 def _agent_command(sweep: dict[str, Any], values: dict[str, Any]) -> list[str]:
     """The command line ``wandb agent`` runs for these values (wandb_agent.Agent._command_run, without Popen)."""
-    command = wandb_sweep_utils.create_sweep_command(list(sweep["command"]))
-    macros = wandb_sweep_utils.create_sweep_command_args({"args": {key: {"value": v} for key, v in values.items()}})
+    utils = _agent_utils()
+    command = utils.create_sweep_command(list(sweep["command"]))
+    macros = utils.create_sweep_command_args({"args": {key: {"value": v} for key, v in values.items()}})
     macros.update(env=["/usr/bin/env"], interpreter=["python"], program=[sweep["program"]])
     expanded: list[str] = []
     for chunk in map(str, command):
@@ -60,6 +90,36 @@ def _config_value(config: dict[str, Any], parameter: str) -> Any:
 
 def test_there_are_sweeps() -> None:
     assert {path.stem for path in SWEEPS} >= {"lr_batch", "resnet_finetune"}
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=lambda path: path.stem)
+def test_sweep_file_is_a_valid_sweep_configuration(path: Path) -> None:
+    # What `wandb sweep` would refuse (it validates on the server, so not here, offline): the keys and values W&B's
+    # sweep configuration reference documents.
+    sweep = yaml.safe_load(path.read_text())
+    assert {"program", "method", "parameters"} <= set(sweep) <= TOP_LEVEL_KEYS, set(sweep) - TOP_LEVEL_KEYS
+    assert sweep["method"] in ("grid", "random", "bayes")
+    assert "metric" in sweep, "bayes search and hyperband need a metric; the template's sweeps all optimize one"
+    assert set(sweep["metric"]) <= {"name", "goal", "target"} and sweep["metric"]["goal"] in ("minimize", "maximize")
+    assert isinstance(sweep["parameters"], dict) and sweep["parameters"]
+    for name, spec in sweep["parameters"].items():
+        assert isinstance(spec, dict) and spec and set(spec) <= CONSTRAINT_KEYS, (name, spec)
+        assert spec.get("distribution", "categorical") in DISTRIBUTIONS, name
+        if "values" in spec:
+            assert isinstance(spec["values"], list) and spec["values"], name
+        elif "value" not in spec:
+            assert spec["min"] < spec["max"], name  # a range needs both bounds
+            if spec.get("distribution", "").endswith("log_uniform_values"):
+                assert spec["min"] > 0, name
+        if sweep["method"] == "grid":  # grid search only takes discrete values
+            assert "values" in spec or "value" in spec, name
+    if "early_terminate" in sweep:
+        stop = sweep["early_terminate"]
+        assert stop["type"] == "hyperband" and set(stop) <= {"type", "min_iter", "max_iter", "s", "eta", "strict"}
+        assert "min_iter" in stop or "max_iter" in stop
+    assert isinstance(sweep.get("run_cap", 1), int) and sweep.get("run_cap", 1) > 0
+    macros = [chunk[2:-1] for chunk in map(str, sweep["command"]) if chunk.startswith("${") and chunk.endswith("}")]
+    assert set(macros) <= COMMAND_MACROS and macros.count("args") == 1, macros
 
 
 @pytest.mark.parametrize("path", SWEEPS, ids=lambda path: path.stem)
