@@ -96,6 +96,20 @@ def test_signal_after_the_last_step_still_stops_without_testing(
 
 
 # ---------------------------------------------------------------------------------------------- kill -9
+RESUMED: dict[str, object] = {}
+
+
+class RecordResume(Callback):
+    """Records in ``RESUMED`` the step and weights a run starts training from, and how many steps it then trains."""
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        weights = {key: value.detach().clone() for key, value in pl_module.state_dict().items()}
+        RESUMED.update(start_step=trainer.global_step, weights=weights, steps=0)
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
+        RESUMED["steps"] += 1
+
+
 def test_kill_9_during_training_leaves_only_loadable_checkpoints(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, data_root: Path
 ) -> None:
@@ -111,10 +125,25 @@ def test_kill_9_during_training_leaves_only_loadable_checkpoints(
     for path in _real_checkpoints(run):
         assert "state_dict" in torch.load(path, weights_only=True)
     # last.ckpt is rewritten at every validation: resume from wherever it is and finish that epoch.
-    epoch = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["epoch"]
+    killed = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    epoch, step = killed["epoch"], killed["global_step"]
     monkeypatch.chdir(tmp_path)
     resume = ["--resume", "last", "--trainer.max_epochs", str(epoch + 1), "--trainer.val_check_interval", "1.0"]
-    assert main(resume) == 0
+    RESUMED.clear()
+    callbacks = json.dumps([{"class_path": "test_crash.RecordResume"}])
+    assert main([*resume, "--trainer.callbacks", callbacks]) == 0
+    # It continued the killed run: from that checkpoint's step and weights, only the steps left to the epoch's end.
+    assert RESUMED["start_step"] == step and RESUMED["steps"] == (epoch + 1) * 40 - step
+    assert RESUMED["weights"].keys() == killed["state_dict"].keys()
+    assert all(torch.equal(RESUMED["weights"][key], value) for key, value in killed["state_dict"].items())
+    # And finished it: the whole epoch trained, tested, finite weights in its last checkpoint.
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["interrupted"] is False and summary["signal"] is None
+    assert summary["epochs"] == epoch + 1 and summary["global_step"] == (epoch + 1) * 40
+    assert summary["test_acc"] is not None and 0 <= summary["test_acc"] <= 1
+    final = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert final["global_step"] == (epoch + 1) * 40
+    assert all(tensor.isfinite().all() for tensor in final["state_dict"].values())
 
 
 @pytest.mark.parametrize("death", [OSError("No space left on device"), KeyboardInterrupt()])

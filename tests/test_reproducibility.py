@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,9 @@ def _train(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, data_root: Path, see
     monkeypatch.chdir(tmp_path)
     # CIFAR-10's random crops and flips, DeepNet's dropout and the shuffled order: every use of randomness.
     args = ["--model", "deepnet", "--data", "cifar10", "--data.root", str(data_root), "--max_epochs", "2"]
+    args += ["--accelerator", "cpu"]  # bit for bit is a CPU promise: a GPU's kernels need not be deterministic
     assert main([*TINY, *args, "--seed", str(seed), "--run_dir", name]) == 0
+    assert json.loads((tmp_path / name / "summary.json").read_text())["accelerator"] == "cpu"
     return tmp_path / name
 
 
