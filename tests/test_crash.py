@@ -225,7 +225,7 @@ def test_non_finite_loss_is_found_at_the_next_check_and_named_by_its_step(
     )
     datamodule = MNISTDataModule(root=str(data_root), batch_size=16, val_size=0.1)
     with pytest.raises(NonFiniteLossError, match=r"loss is nan at step 5 \(epoch 0, batch 5\)"):
-        trainer.fit(NaNAtStep(nan_at=5), datamodule=datamodule)
+        trainer.fit(NaNAtStep(**datamodule.model_args(), nan_at=5), datamodule=datamodule)
     assert trainer.global_step == stopped_at
     assert not (tmp_path / "ckpt").exists()  # the validation-end checkpoint was never written
 

@@ -105,7 +105,7 @@ def test_validation_is_drawn_every_n_epochs_and_after_the_last(
         callbacks=[ClassificationDashboard(tmp_path / "dashboard", every_n_epochs=2, num_samples=4)],
     )
     datamodule = MNISTDataModule(root=str(data_root), batch_size=8, val_size=0.1)
-    model = MLP(hidden_sizes=[16])
+    model = MLP(**datamodule.model_args(), hidden_sizes=[16])
     trainer.fit(model, datamodule=datamodule)
     trainer.test(model, datamodule=datamodule, verbose=False)
     # Epochs 0, 1, 2 with every_n_epochs=2: the 2nd (index 1) and the last; never the sanity check.
@@ -318,5 +318,6 @@ def test_a_model_without_step_outputs_turns_the_dashboard_off_with_a_warning(tmp
         enable_checkpointing=True,
     )
     with pytest.warns(UserWarning, match="ClassificationDashboard is turned off: validation_step"):
-        trainer.validate(LossOnly(hidden_sizes=[8]), datamodule=MNISTDataModule(root=str(data_root), val_size=0.1))
+        data = MNISTDataModule(root=str(data_root), val_size=0.1)
+        trainer.validate(LossOnly(**data.model_args(), hidden_sizes=[8]), datamodule=data)
     assert not (tmp_path / "dashboard").exists()

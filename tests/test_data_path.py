@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
@@ -209,13 +208,12 @@ def test_resized_batch_is_interpolated_then_normalized(data_root: Path) -> None:
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
 
 
-def _training_trainer(memory_format: torch.memory_format | None = None) -> SimpleNamespace:
-    """What on_after_batch_transfer asks of its trainer: training, the layout its model wants (if any), and the
-    precision plugin's cast of the inputs (full precision: none)."""
+def _training_trainer() -> SimpleNamespace:
+    """What on_after_batch_transfer asks of its trainer: training, and the precision plugin's cast of the inputs
+    (full precision: none)."""
     from lightning.pytorch.plugins.precision import Precision
 
-    model = SimpleNamespace(input_memory_format=memory_format) if memory_format is not None else None
-    return SimpleNamespace(training=True, lightning_module=model, precision_plugin=Precision())
+    return SimpleNamespace(training=True, precision_plugin=Precision())
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -395,7 +393,8 @@ def test_training_batch_comes_in_the_network_memory_layout(data_root: Path) -> N
     dm.setup("fit")
     images, labels = next(iter(dm.train_dataloader()))
 
-    dm.trainer = _training_trainer(torch.channels_last)
+    dm.trainer = _training_trainer()
+    dm.memory_format = torch.channels_last  # what the fast path sets for a conv net on a GPU
     torch.manual_seed(2)
     out = dm.on_after_batch_transfer((images, labels), 0)[0]
     assert out.shape == (8, 3, 40, 40) and out.is_contiguous(memory_format=torch.channels_last)
@@ -460,37 +459,6 @@ def test_training_steps_do_not_read_device_values_on_the_host(
         assert len(reads) <= 20, Counter(reads)
 
 
-@pytest.mark.parametrize(
-    ("precision", "clip", "algorithm", "fused"),
-    [
-        ("32-true", 1.0, "norm", True),
-        ("bf16-mixed", None, None, True),
-        ("bf16-mixed", 1.0, None, True),
-        ("32-true", 1.0, "value", False),
-        ("bf16-mixed", 1.0, "value", False),
-    ],
-)
-def test_fused_optimizer_where_clipping_allows_it(
-    data_root: Path, precision: str, clip: float | None, algorithm: str | None, fused: bool
-) -> None:
-    # Lightning refuses gradient clipping with a fused optimizer under its mixed-precision plugin (bf16-mixed is
-    # the default on a GPU); the template clips by norm itself and keeps the fused kernel. Clipping by value goes
-    # through Lightning: there the model keeps PyTorch's default implementation, and training runs.
-    from project.models import MLP
-
-    trainer = quiet_trainer(
-        precision=precision,
-        gradient_clip_val=clip,
-        gradient_clip_algorithm=algorithm,
-        max_epochs=1,
-        limit_train_batches=2,
-        limit_val_batches=0,
-    )
-    trainer.fit(MLP(), datamodule=MNISTDataModule(root=str(data_root), batch_size=16, val_size=0, download=False))
-    assert trainer.global_step == 2
-    assert bool(trainer.optimizers[0].defaults["fused"]) is fused
-
-
 @pytest.mark.parametrize(("precision", "dtype"), [("bf16-true", torch.bfloat16), ("64-true", torch.float64)])
 def test_batches_take_the_dtype_of_the_weights(data_root: Path, precision: str, dtype: torch.dtype) -> None:
     # With weights in bf16 or float64, Lightning casts floating-point batches before they reach the device, when
@@ -509,8 +477,8 @@ def test_batches_take_the_dtype_of_the_weights(data_root: Path, precision: str, 
         def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
             seen.add(batch[0].dtype)
 
-    model = MLP(hidden_sizes=[32])
     data = MNISTDataModule(root=str(data_root), batch_size=32, val_size=64, download=False)
+    model = MLP(**data.model_args(), hidden_sizes=[32])
     trainer = quiet_trainer(precision=precision, max_epochs=1, limit_train_batches=4, callbacks=[Inspect()])
     trainer.fit(model, datamodule=data)
     (result,) = trainer.test(model, datamodule=data, verbose=False)
@@ -573,16 +541,3 @@ def test_gpu_measurements_run_end_to_end_on_cpu(tmp_path: Path, data_root: Path)
     assert gpu.peak_tflops("NVIDIA H100 PCIe", None) == 756
     assert gpu.peak_tflops("NVIDIA A100-SXM4-80GB", None) == 312
     assert gpu.peak_tflops("Unknown GPU", None) is None and gpu.peak_tflops("Unknown", 100.0) == 100.0
-
-
-def test_plain_cuda_check_only_without_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Lightning sets the NVML-based check when imported; the template undoes it only where there is no GPU.
-    from project.cli import plain_cuda_check_without_gpu
-
-    monkeypatch.setenv("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    plain_cuda_check_without_gpu()
-    assert os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] == "1"
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    plain_cuda_check_without_gpu()
-    assert os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] == "0"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -177,3 +178,46 @@ def test_the_plain_path_leaves_the_trainer_as_lightning_builds_it(
     assert type(clis[False].trainer.precision_plugin) is Precision
     assert type(clis[True].trainer.profiler).__name__ == "NoProfiler"
     assert type(clis[False].trainer.profiler).__name__ == "PassThroughProfiler"
+
+
+@pytest.mark.parametrize(
+    ("precision", "clip", "algorithm", "fused"),
+    [
+        ("32-true", 1.0, "norm", True),
+        ("bf16-mixed", None, None, True),
+        ("bf16-mixed", 1.0, None, True),
+        ("32-true", 1.0, "value", False),
+        ("bf16-mixed", 1.0, "value", False),
+    ],
+)
+def test_fused_optimizer_where_clipping_allows_it(
+    data_root: Path, precision: str, clip: float | None, algorithm: str | None, fused: bool
+) -> None:
+    # Lightning refuses gradient clipping with a fused optimizer under its mixed-precision plugin (bf16-mixed is
+    # the default on a GPU); the template clips by norm itself and keeps the fused kernel. Clipping by value goes
+    # through Lightning: there the model keeps PyTorch's default implementation, and training runs.
+    trainer = quiet_trainer(
+        precision=precision,
+        gradient_clip_val=clip,
+        gradient_clip_algorithm=algorithm,
+        max_epochs=1,
+        limit_train_batches=2,
+        limit_val_batches=0,
+    )
+    data = MNISTDataModule(root=str(data_root), batch_size=16, val_size=0, download=False)
+    model = MLP(**data.model_args())
+    fastpath.install(trainer, model, data)
+    trainer.fit(model, datamodule=data)
+    assert trainer.global_step == 2
+    assert bool(trainer.optimizers[0].defaults["fused"]) is fused
+
+
+def test_plain_cuda_check_only_without_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Lightning sets the NVML-based check when imported; the template undoes it only where there is no GPU.
+    monkeypatch.setenv("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    fastpath.plain_cuda_check_without_gpu()
+    assert os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] == "1"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    fastpath.plain_cuda_check_without_gpu()
+    assert os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] == "0"

@@ -375,7 +375,7 @@ def test_fit_with_a_trainer(tmp_path: Path, cache: str) -> None:
 
     root = _folder(tmp_path)
     dm = _module(root, cache=cache, hflip=True)
-    model = MLP(hidden_sizes=[16], lr=1e-3)
+    model = MLP(**dm.model_args(), hidden_sizes=[16], lr=1e-3)
     trainer = quiet_trainer(
         max_epochs=1,
         limit_train_batches=2,
@@ -471,7 +471,7 @@ def test_hyperparameters_do_not_clash_with_the_models(tmp_path: Path) -> None:
     from project.models import CNN, MLP, DeepNet
 
     dm = _module(_folder(tmp_path))
-    for model in (CNN(), MLP(), DeepNet()):
+    for model in (CNN(**dm.model_args()), MLP(**dm.model_args()), DeepNet(**dm.model_args())):
         assert not (set(model.hparams) & set(dm.hparams) - {"_class_path"}), type(model).__name__
 
 

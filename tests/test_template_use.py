@@ -5,9 +5,9 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -20,61 +20,16 @@ from project import evaluate, predict
 from project.cli import main
 from project.configs import short_names
 
-MY_MODELS = '''
-"""My model: one ImageClassifier subclass that builds its network; training, metrics, optimizers are inherited."""
-
-from torch import nn
-
-from project.models import ImageClassifier
+README = Path(__file__).resolve().parents[1] / "README.md"
 
 
-class TinyNet(ImageClassifier):
-    """Conv 3x3 -> ReLU -> global average pool -> Linear."""
+def readme_file(name: str) -> str:
+    """The code block of README.md's "Start your own project" that begins with ``# <name>``: the test runs it."""
+    section = README.read_text().split("## Start your own project", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)
+    (code,) = [block for block in blocks if block.startswith(f"# {name}\n")]
+    return code
 
-    def __init__(self, width: int = 8, **kwargs):
-        self.width = width
-        super().__init__(**kwargs)
-
-    def build_network(self, input_shape, num_classes):
-        return nn.Sequential(
-            nn.Conv2d(input_shape[0], self.width, kernel_size=3, padding=1),
-            nn.ReLU(),
-            nn.AdaptiveAvgPool2d(1),
-            nn.Flatten(),
-            nn.Linear(self.width, num_classes),
-        )
-'''
-
-MY_DATA = '''
-"""My data: 16x16 gray images of horizontal or vertical stripes, made in memory."""
-
-import torch
-
-from project.datamodules import ImageDataModule
-
-
-class StripesDataModule(ImageDataModule):
-    native_shape = (1, 16, 16)  # (channels, height, width) of the stored images
-    dataset_stats = ((0.5,), (0.5,))  # mean and std of the pixels in [0, 1]
-
-    def __init__(self, size: int = 400, **kwargs):
-        self.size = size
-        super().__init__(**kwargs)
-
-    @property
-    def class_names(self):
-        return ["horizontal", "vertical"]
-
-    def load_split(self, train):
-        """uint8 images (N, 1, 16, 16) and int64 labels (N,) of the training or test split."""
-        generator = torch.Generator().manual_seed(0 if train else 1)
-        n = self.size if train else self.size // 4
-        labels = torch.randint(0, 2, (n,), generator=generator)
-        phase = torch.randint(0, 2, (n, 1, 1), generator=generator)
-        rows = (torch.arange(16).view(1, 16, 1) + phase) % 2 * 255  # horizontal stripes
-        images = torch.where(labels.view(n, 1, 1) == 1, rows.transpose(1, 2), rows).expand(n, 16, 16)
-        return images.to(torch.uint8).unsqueeze(1).contiguous(), labels
-'''
 
 TINY_YAML = """
 class_path: my_models.TinyNet
@@ -86,7 +41,6 @@ init_args:
 STRIPES_YAML = """
 class_path: my_data.StripesDataModule
 init_args:
-  size: 400
   batch_size: 32
   val_size: 0.2
 """
@@ -97,8 +51,8 @@ QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summa
 @pytest.fixture
 def project_folder(tmp_path: Path) -> Path:
     """A user's project: two Python files and two configs, next to nothing else."""
-    (tmp_path / "my_models.py").write_text(textwrap.dedent(MY_MODELS).lstrip())
-    (tmp_path / "my_data.py").write_text(textwrap.dedent(MY_DATA).lstrip())
+    (tmp_path / "my_models.py").write_text(readme_file("my_models.py"))
+    (tmp_path / "my_data.py").write_text(readme_file("my_data.py"))
     (tmp_path / "configs" / "model").mkdir(parents=True)
     (tmp_path / "configs" / "data").mkdir(parents=True)
     (tmp_path / "configs" / "model" / "tiny.yaml").write_text(TINY_YAML.lstrip())
