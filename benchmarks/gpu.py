@@ -172,6 +172,7 @@ GPU_ABLATIONS: dict[str, list[str]] = {
     "fp32 (TF32), no bf16": ["--precision", "32-true"],
     # The plain loop does not clip: what the template's clipping (its norm; the scaling is inside the fused step) costs.
     "no gradient clipping": ["--trainer.gradient_clip_val", "0"],
+    "no fast path": ["--fast_path", "false"],
 }
 
 

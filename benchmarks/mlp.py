@@ -140,7 +140,7 @@ def timed_epochs(trainer: Any, device: torch.device) -> Iterator[list[float]]:
         del loop.run
 
 
-def run_c(ctx: Context, seed: int, clip: bool = True) -> RunResult:
+def run_c(ctx: Context, seed: int, clip: bool = True, fast_path: bool = True) -> RunResult:
     args = ctx.args
     argv = [
         "--model", "mlp",
@@ -159,6 +159,8 @@ def run_c(ctx: Context, seed: int, clip: bool = True) -> RunResult:
     ]  # fmt: skip
     if not clip:
         argv += ["--trainer.gradient_clip_val", "0"]
+    if not fast_path:
+        argv += ["--fast_path", "false"]
     started = time.perf_counter()
     cli = template_cli(argv, ctx.workdir)
     setup_s = time.perf_counter() - started
@@ -180,6 +182,10 @@ MLP_RUNS: dict[str, tuple[str, Callable[..., RunResult]]] = {
     "B+clip": ("B with clip_grad_norm_(1.0) each step, as C's defaults", lambda ctx, seed: run_b(ctx, seed, clip=1.0)),
     "C": ("template: TemplateCLI → MLP + MNISTDataModule + Trainer, default callbacks", run_c),
     "C-noclip": ("C with --trainer.gradient_clip_val 0 (no clipping, like A and B)", lambda c, s: run_c(c, s, False)),
+    "C-plain": (
+        "C with --fast_path false (Lightning's defaults for what project.fastpath does)",
+        lambda c, s: run_c(c, s, fast_path=False),
+    ),
 }
 
 
@@ -204,7 +210,7 @@ def benchmark_mlp(ctx: Context, log: Callable[[str], None]) -> dict[str, Any]:
         for key in runs[0].extra:
             out[name][key] = [r.extra[key] for r in runs]
     ratios, best_ratios = {}, {}
-    for top in ("C", "C-noclip"):
+    for top in ("C", "C-noclip", "C-plain"):
         for bottom in ("A", "B", "B+fused", "B+clip"):
             if top in out and bottom in out:
                 ratios[f"{top}/{bottom}"] = out[top]["median"] / out[bottom]["median"]
