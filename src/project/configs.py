@@ -6,13 +6,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import yaml
+
 from project import rundir
 from project.errors import UserError
 
 PACKAGE_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 DEFAULT_MODEL = "mlp"
-DEFAULT_DATA = {"resnet": "cifar10"}  # every other model defaults to mnist
+DEFAULT_DATA = {"resnet": "cifar10", "transfer": "cifar10"}  # every other model defaults to mnist
 SHORT_FLAGS = {
     "--precision": "--trainer.precision",
     "--accelerator": "--trainer.accelerator",
@@ -62,18 +64,19 @@ def expand_args(argv: list[str]) -> list[str]:
             args.append(arg)
 
     out: list[str] = []
-    model_name = data_name = None
+    model_name = data_name = recipe = None
     index = 0
     while index < len(args):
         arg = args[index]
         value = args[index + 1] if index + 1 < len(args) else None
         if arg in ("--model", "--data") and value is not None and not value.startswith("--"):
-            group = arg[2:]
+            group, path = arg[2:], _resolve_name(arg[2:], value)
             if group == "model":
-                model_name = value
+                model_name, recipe = value, path if is_recipe(path) else None
             else:
                 data_name = value
-            out += [arg, _resolve_name(group, value)]
+            if not (group == "model" and recipe):
+                out += [arg, path]
             index += 2
             continue
         if arg in SHORT_FLAGS and value is not None:
@@ -94,7 +97,12 @@ def expand_args(argv: list[str]) -> list[str]:
     # Defaults go first so that --config files and explicit flags, which come later, override them.
     defaults: list[str] = []
     if model_name is None:
-        defaults += ["--model", _resolve_name("model", DEFAULT_MODEL)]
+        path = _resolve_name("model", DEFAULT_MODEL)
+        recipe = path if is_recipe(path) else None
+        if recipe is None:
+            defaults += ["--model", path]
+    if recipe is not None:  # before every flag, which override it
+        defaults += ["--config", recipe]
     if data_name is None:
         data_default = DEFAULT_DATA.get(model_name or DEFAULT_MODEL, "mnist")
         defaults += ["--data", _resolve_name("data", data_default)]
@@ -104,6 +112,15 @@ def expand_args(argv: list[str]) -> list[str]:
         # The run's own config comes right after the defaults: the run continues as it was configured.
         defaults += ["--config", str(run_dir / rundir.CONFIG), "--run_dir", str(run_dir)]
     return defaults + out
+
+
+def is_recipe(path: str) -> bool:
+    """Whether a model's YAML is a recipe: a whole config (``model:`` and the ``trainer:`` settings that go with it,
+    e.g. its number of epochs) rather than a class path and its arguments. A recipe is passed as ``--config``."""
+    if not path.endswith((".yaml", ".yml")) or not Path(path).is_file():
+        return False
+    loaded = yaml.safe_load(Path(path).read_text())
+    return isinstance(loaded, dict) and "model" in loaded
 
 
 def _choice_before_options(args: list[str], group: str) -> list[str]:

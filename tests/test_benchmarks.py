@@ -1,0 +1,22 @@
+"""The time-to-accuracy benchmark runs end to end (on the tests' tiny MNIST files; real numbers need real MNIST)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from benchmarks import benchmark
+
+
+def test_time_to_accuracy_runs_the_loop_and_the_template_and_reports_them(tmp_path: Path, data_root: Path) -> None:
+    out = tmp_path / "tta.json"
+    argv = ["--time_to_accuracy", "--data.root", str(data_root), "--models", "mlp", "--repeats", "1"]
+    argv += ["--loop_epochs", "2", "--json", str(out), "--train_args", "--data.val_size 0.1 --trainer.max_epochs 1"]
+    assert benchmark.main(argv) == 0
+    report = json.loads(out.read_text())
+    (loop,), (mlp,) = report["runs"]["loop"], report["runs"]["mlp"]
+    assert [epoch["epoch"] for epoch in loop["per_epoch"]] == [1, 2]
+    assert 0 < loop["reached_s"] <= loop["wall_s"] and loop["test_acc"] == loop["per_epoch"][-1]["test_acc"]
+    assert mlp["target"] == loop["test_acc"] and mlp["epochs"] == 1 and 0 <= mlp["test_acc"] <= 1
+    assert (mlp["reached_s"] is not None) == (mlp["test_acc"] >= loop["test_acc"])
+    assert report["summary"]["mlp"]["wall_ratio_to_loop"] == mlp["wall_s"] / loop["wall_s"]
