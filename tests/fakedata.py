@@ -148,6 +148,20 @@ def write_resnet18_weights(torch_home: str | Path, seed: int = 0) -> Path:
     return path
 
 
+def write_torchvision_weights(torch_home: str | Path, name: str, seed: int = 0) -> Path:
+    """Save a randomly initialised ``name`` (any torchvision classification model) under its ``DEFAULT`` weights'
+    file name in torch hub's cache, where ``get_model(name, weights="DEFAULT")`` then finds it."""
+    import torchvision
+
+    spec = torchvision.models.get_model_weights(name).DEFAULT
+    path = Path(torch_home) / "hub" / "checkpoints" / Path(urlparse(spec.url).path).name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        torch.save(torchvision.models.get_model(name, weights=None).state_dict(), path)
+    return path
+
+
 def _dataset(
     counts: Sequence[int],
     digit_shape: tuple[int, int],

@@ -201,6 +201,7 @@ def test_resnet_defaults_to_cifar10_from_the_real_script(tmp_path: Path, data_ro
         (["--accelerator", "gpu"], "no CUDA GPU is available"),
         (["--model", "resnet", "--model.weights", "/nonexistent.pth"], "--model.weights: no such file"),
         (["--model", "transfer", "--model.backbone", "resnet19"], "unknown backbone 'resnet19'; did you mean resnet18"),
+        (["--model", "transfer", "--model.backbone", "resnet19"], "unknown backbone 'resnet19'; did you mean resnet18"),
     ],
 )
 def test_user_mistakes_are_one_line_errors_with_exit_code_2(

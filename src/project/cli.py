@@ -45,7 +45,7 @@ from project.checkpoint import load_checkpoint_file
 from project.configs import PACKAGE_CONFIGS, expand_args, short_names
 from project.errors import UserError, explain
 from project.loggers import WANDB_RUN_ID_KEY, WandbOptions, make_loggers, wandb_callbacks
-from project.options import check_gpu, resolve_normalize, resolve_precision, uses_gpu
+from project.options import check_gpu, resolve_image_size, resolve_normalize, resolve_precision, uses_gpu
 from project.training import train
 
 
@@ -115,6 +115,8 @@ class TemplateCLI(LightningCLI):
         data, model = self.config["data"].get("init_args"), self.config["model"].get("init_args") or {}
         if data is not None and "normalize" in data:
             data["normalize"] = resolve_normalize(data["normalize"], dict(model))
+        if data is not None and data.get("image_size") == "auto":
+            data["image_size"] = resolve_image_size("auto", dict(model))
 
     def instantiate_classes(self) -> None:
         try:

@@ -4,6 +4,8 @@ normalization ``auto`` picks, and how a class named in a config or a checkpoint 
 from __future__ import annotations
 
 import importlib
+import math
+import warnings
 from typing import Any, TypeVar
 
 import torch
@@ -12,6 +14,8 @@ from project.errors import UserError
 
 #: Mean and standard deviation of ImageNet's pixels in [0, 1], per RGB channel (what pretrained weights expect).
 IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+#: What Inception-style weights expect (torchvision's EfficientNetV2-L, many timm models): pixels mapped to [-1, 1].
+INCEPTION_STATS = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 #: Keys LightningCLI adds to the saved hyperparameters of the classes it instantiates (not constructor arguments).
 CLI_HPARAM_KEYS = ("_class_path", "_instantiator")
 
@@ -37,11 +41,37 @@ def resolve_precision(precision: str | None, accelerator: str | None) -> str:
 
 
 def resolve_normalize(normalize: str, model_args: dict[str, Any]) -> str:
-    """``auto`` → ImageNet statistics for a model with pretrained ``weights``, else the data set's own."""
+    """``auto`` → the statistics a model's pretrained ``weights`` expect (``imagenet``, or ``inception``'s 0.5 for
+    the backbones trained so, from their weights' transforms), else the data set's own."""
     if normalize != "auto":
         return normalize
+    preferred = pretrained_preprocessing(model_args)
+    if preferred is None:
+        return "dataset"
+    for name, stats in (("imagenet", IMAGENET_STATS), ("inception", INCEPTION_STATS)):
+        pairs = zip([*stats[0], *stats[1]], [*preferred["mean"], *preferred["std"]], strict=True)
+        if all(math.isclose(a, b, abs_tol=1e-3) for a, b in pairs):
+            return name
+    warnings.warn(f"no --data.normalize mode has the weights' statistics ({preferred}): using imagenet", stacklevel=2)
+    return "imagenet"
+
+
+def resolve_image_size(image_size: int | str | None, model_args: dict[str, Any]) -> int | None:
+    """``auto`` → the input size a model's pretrained ``weights`` were trained at (224 for most), else the data's."""
+    if image_size != "auto":
+        return image_size  # type: ignore[return-value]
+    preferred = pretrained_preprocessing(model_args)
+    return None if preferred is None else int(preferred["image_size"])
+
+
+def pretrained_preprocessing(model_args: dict[str, Any]) -> dict[str, Any] | None:
+    """Input size, mean and std of a model's pretrained weights, or ``None`` without (``weights: none``)."""
     weights = str(model_args.get("weights", "none")).lower()
-    return "dataset" if weights == "none" else "imagenet"
+    if weights == "none":
+        return None
+    from project.models.backbones import preferred_preprocessing  # the models import this module
+
+    return preferred_preprocessing(str(model_args.get("backbone") or "resnet18"))
 
 
 def import_class(class_path: str, base: type[T], what: str) -> type[T]:

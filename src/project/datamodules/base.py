@@ -18,9 +18,9 @@ from torch.nn import functional as F
 from project.datamodules.loaders import InMemoryLoader, loader_seed
 from project.datamodules.transforms import BatchAugment, Normalize
 from project.errors import DataError
-from project.options import IMAGENET_STATS
+from project.options import IMAGENET_STATS, INCEPTION_STATS
 
-NormalizeMode = Literal["auto", "dataset", "imagenet", "none"]
+NormalizeMode = Literal["auto", "dataset", "imagenet", "inception", "none"]
 
 
 class ImageDataModule(L.LightningDataModule):
@@ -32,9 +32,10 @@ class ImageDataModule(L.LightningDataModule):
         eval_batch_size: Validation/test batch size; defaults to ``batch_size``.
         val_size: Training images held out for validation: a fraction when < 1, else a number of images.
         split_seed: Seed of the train/validation split; fixed so every run sees the same split.
-        normalize: ``dataset`` (the data set's statistics), ``imagenet`` or ``none``; ``auto`` is ``dataset`` here,
-            and the command line makes it ``imagenet`` for a model with pretrained weights.
-        image_size: Resize images to this square size (e.g. 224 for ImageNet models); ``None`` keeps the size.
+        normalize: ``dataset`` (the data set's statistics), ``imagenet``, ``inception`` (0.5) or ``none``; ``auto``
+            is ``dataset`` here, and the command line makes it what a model's pretrained weights expect.
+        image_size: Resize images to this square size (e.g. 224 for ImageNet models); ``None`` keeps the size;
+            ``auto`` is the pretrained weights' input size on the command line (``None`` here).
         crop_padding: Random crop with this zero padding (training only).
         hflip: Random horizontal flips (training only).
         rotation: Random rotation by up to this many degrees (training only).
@@ -54,7 +55,7 @@ class ImageDataModule(L.LightningDataModule):
         val_size: float = 0.1,
         split_seed: int = 0,
         normalize: NormalizeMode = "auto",
-        image_size: int | None = None,
+        image_size: int | Literal["auto"] | None = None,
         crop_padding: int = 0,
         hflip: bool = False,
         rotation: float = 0.0,
@@ -65,11 +66,14 @@ class ImageDataModule(L.LightningDataModule):
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         if val_size < 0:
             raise ValueError(f"val_size must not be negative, got {val_size}")
+        if image_size == "auto":  # resolved by the command line (options.resolve_image_size); else the data's size
+            image_size = None
         if image_size is not None and image_size < 1:
             raise ValueError(f"image_size must be positive, got {image_size}")
         if crop_padding < 0 or rotation < 0 or not 0 <= color_jitter <= 1:
             raise ValueError("crop_padding and rotation must be >= 0 and color_jitter in [0, 1]")
         self.save_hyperparameters()
+        self.hparams.image_size = image_size
         self.root = root
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
@@ -99,7 +103,7 @@ class ImageDataModule(L.LightningDataModule):
         mode = self.hparams.normalize
         if mode == "none":
             return None
-        stats = IMAGENET_STATS if mode == "imagenet" else self.dataset_stats
+        stats = {"imagenet": IMAGENET_STATS, "inception": INCEPTION_STATS}.get(mode, self.dataset_stats)
         return _match_channels(stats, self.input_shape[0])
 
     def preprocessing(self) -> dict[str, Any]:
