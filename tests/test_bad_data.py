@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 from conftest import TINY
 from fakedata import write_cifar10, write_mnist
 
@@ -171,43 +170,6 @@ def test_corrupt_data_through_the_cli_is_exit_2_before_training(
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error.startswith("error: ") and str(Path("data") / path.relative_to(tmp_path / "data")) in error
     assert not list(tmp_path.glob("runs/*/checkpoints"))  # nothing was trained
-
-
-# ---------------------------------------------------------------------------------------------- config
-@pytest.mark.parametrize(
-    ("args", "expected"),
-    [
-        (["--data.val_size", "400"], "leaves no training images: the training split has 400"),
-        (["--data.val_size", "0.9999"], "--data.val_size 0.9999 leaves no training images"),
-        (["--data.val_size", "-1"], "val_size must not be negative"),
-        (["--data.image_size", "-3"], "image_size must be positive"),
-        (["--data.eval_batch_size", "0"], "batch_size must be at least 1"),
-        (["--model.lr", "-0.1"], "lr must be positive, got -0.1"),
-        (["--model.label_smoothing", "1.5"], "label_smoothing must be in [0, 1), got 1.5"),
-        (["--data.batch_size", "many"], "--data.batch_size"),
-        (["--trainer.max_epochs", "1.5"], "--trainer.max_epochs"),
-        (["--data.no_such_option", "1"], "no_such_option"),
-        (["--trainer.no_such_option", "1"], "no_such_option"),
-        (["--config", "unknown_key.yaml"], "nonsense"),
-        # Refused by Lightning once it sees the data, as fit starts: a raised MisconfigurationException, a ValueError.
-        (["--trainer.limit_val_batches", "0.0001"], "limit_val_batches"),
-        (["--trainer.val_check_interval", "100"], "val_check_interval"),
-    ],
-)
-def test_impossible_config_is_one_line_exit_2_before_training(
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-    data_root: Path,
-    args: list[str],
-    expected: str,
-) -> None:
-    (tmp_path / "unknown_key.yaml").write_text(yaml.safe_dump({"model": {"init_args": {"nonsense": 1}}}))
-    monkeypatch.chdir(tmp_path)
-    assert main([*TINY, "--data.root", str(data_root), *args]) == 2
-    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and expected in errors[0], errors
-    assert not list(tmp_path.glob("runs/*/checkpoints")) and not list(tmp_path.glob("runs/*/metrics.csv"))
 
 
 def test_a_value_error_from_the_model_keeps_its_traceback(

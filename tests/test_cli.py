@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import math
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 import yaml
@@ -12,6 +15,7 @@ from conftest import TINY, run_train
 
 from project.cli import main
 from project.configs import expand_args, short_names
+from project.options import constructor_args, import_class
 
 
 def _only_run(runs: Path) -> Path:
@@ -161,16 +165,72 @@ def test_every_model_trains_on_every_data_set(
     assert code == 0
     checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     hparams = checkpoint["hyper_parameters"]
-    expected_classes = ["cat", "dog", "frog"] if data == "folder" else None
-    if expected_classes:
-        assert hparams["class_names"] == expected_classes
-    assert hparams["num_classes"] == len(hparams["class_names"])
+    expected_classes = {
+        "mnist": [str(digit) for digit in range(10)],
+        "cifar10": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"],
+        "folder": ["cat", "dog", "frog"],
+    }[data]
+    assert hparams["class_names"] == expected_classes and hparams["num_classes"] == len(expected_classes)
     channels = 1 if data == "mnist" else 3
     assert hparams["input_shape"][0] == channels
+    # It trained: three optimizer steps (TINY), a finite training loss logged, and weights that moved.
+    assert checkpoint["global_step"] == 3
+    with open(run / "metrics.csv", newline="") as file:
+        losses = [float(row["train/loss_epoch"]) for row in csv.DictReader(file) if row.get("train/loss_epoch")]
+    assert len(losses) == 1 and math.isfinite(losses[0])
+    L.seed_everything(42)  # the run's seed: the same initial weights as it started from
+    initial = import_class(hparams["_class_path"], L.LightningModule, "model")(**constructor_args(hparams))
+    trained = checkpoint["state_dict"]
+    moved = {key for key, value in initial.state_dict().items() if not torch.equal(value, trained[key])}
+    trainable = {f"{name}" for name, parameter in initial.named_parameters() if parameter.requires_grad}
+    assert trainable and trainable <= moved  # every trainable tensor changed...
+    frozen = {name for name, parameter in initial.named_parameters() if not parameter.requires_grad}
+    assert not frozen & moved  # ...and a frozen backbone did not: the comparison starts from the same weights
     from project.checkpoint import load_model
 
     network = load_model(run / "checkpoints" / "last.ckpt")
     assert network(torch.zeros(2, *hparams["input_shape"])).shape == (2, hparams["num_classes"])
+
+
+# ---------------------------------------------------------------------------------------------- bad config
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--data.val_size", "400"], "leaves no training images: the training split has 400"),
+        (["--data.val_size", "0.9999"], "--data.val_size 0.9999 leaves no training images"),
+        (["--data.val_size", "-1"], "val_size must not be negative"),
+        (["--data.image_size", "-3"], "image_size must be positive"),
+        (["--data.eval_batch_size", "0"], "batch_size must be at least 1"),
+        (["--model.lr", "-0.1"], "lr must be positive, got -0.1"),
+        (["--model.label_smoothing", "1.5"], "label_smoothing must be in [0, 1), got 1.5"),
+        (["--data.batch_size", "many"], "--data.batch_size"),
+        (["--trainer.max_epochs", "1.5"], "--trainer.max_epochs"),
+        (["--data.no_such_option", "1"], "no_such_option"),
+        (["--trainer.no_such_option", "1"], "no_such_option"),
+        (["--config", "unknown_key.yaml"], "nonsense"),
+        (["--model.lr", "fast"], "model.lr"),
+        (["--trainer.max_epochs", "-5"], "max_epochs"),
+        (["--data.batch_size", "0"], "batch_size must be at least 1"),
+        (["--model.no_such_option", "1"], "no_such_option"),
+        # Refused by Lightning once it sees the data, as fit starts: a raised MisconfigurationException, a ValueError.
+        (["--trainer.limit_val_batches", "0.0001"], "limit_val_batches"),
+        (["--trainer.val_check_interval", "100"], "val_check_interval"),
+    ],
+)
+def test_impossible_config_is_one_line_exit_2_before_training(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    data_root: Path,
+    args: list[str],
+    expected: str,
+) -> None:
+    (tmp_path / "unknown_key.yaml").write_text(yaml.safe_dump({"model": {"init_args": {"nonsense": 1}}}))
+    monkeypatch.chdir(tmp_path)
+    assert main([*TINY, "--data.root", str(data_root), *args]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and expected in errors[0], errors
+    assert not list(tmp_path.glob("runs/*/checkpoints")) and not list(tmp_path.glob("runs/*/metrics.csv"))
 
 
 # ---------------------------------------------------------------------------------------------- as a user runs it
@@ -190,17 +250,16 @@ def test_resnet_defaults_to_cifar10_from_the_real_script(tmp_path: Path, data_ro
             "unknown --model 'transformer': choose one of cnn, ",
         ),
         (["--data", "imagenet"], "unknown --data 'imagenet': choose one of cifar10, folder, mnist"),
-        (["--model.lr", "fast"], "model.lr"),
-        (["--trainer.max_epochs", "-5"], "max_epochs"),
-        (["--data.batch_size", "0"], "batch_size must be at least 1"),
-        (["--model.no_such_option", "1"], "no_such_option"),
         (
             ["--data.root", "/nonexistent/data", "--data.download", "false"],
             "MNIST is not in /nonexistent/data",
         ),
-        (["--accelerator", "gpu"], "no CUDA GPU is available"),
+        pytest.param(
+            ["--accelerator", "gpu"],
+            "no CUDA GPU is available",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present here"),
+        ),
         (["--model", "resnet", "--model.weights", "/nonexistent.pth"], "--model.weights: no such file"),
-        (["--model", "transfer", "--model.backbone", "resnet19"], "unknown backbone 'resnet19'; did you mean resnet18"),
         (["--model", "transfer", "--model.backbone", "resnet19"], "unknown backbone 'resnet19'; did you mean resnet18"),
     ],
 )
@@ -240,12 +299,21 @@ def test_missing_imagenet_weights_say_where_to_put_them(
 def test_gpu_run_uses_bf16_and_keeps_the_data_on_the_device(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, data_root: Path
 ) -> None:
-    code, run = _train(tmp_path, monkeypatch, "--model", "cnn", "--data.root", str(data_root), "--accelerator", "gpu")
-    assert code == 0
-    summary = json.loads((run / "summary.json").read_text())
+    from project.cli import TemplateCLI
+    from project.training import train
+
+    monkeypatch.chdir(tmp_path)
+    cli = TemplateCLI(expand_args([*TINY, "--model", "cnn", "--data.root", str(data_root), "--accelerator", "gpu"]))
+    summary = train(cli)
     assert summary["accelerator"] == "cuda"
     expected = "bf16-mixed" if torch.cuda.is_bf16_supported() else "32-true"
     assert summary["precision"] == expected
+    # The splits were moved to the GPU once, and a batch reaches the model without a copy.
+    images, labels = cli.datamodule.splits["train"]
+    assert images.device.type == labels.device.type == "cuda"
+    batch = next(iter(cli.datamodule.train_dataloader()))
+    moved = cli.datamodule.transfer_batch_to_device(batch, images.device, 0)
+    assert moved[0].data_ptr() == batch[0].data_ptr() and moved[0].device.type == "cuda"
 
 
 def test_lightning_advertisement_is_dropped_and_its_other_messages_kept() -> None:
