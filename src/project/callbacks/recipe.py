@@ -1,0 +1,98 @@
+"""The training-recipe flags of the command line, each one of Lightning's own callbacks.
+
+``--ema_decay`` (``EMAWeightAveraging``: validation, checkpoints, the test and exports use the averaged weights),
+``--find_lr`` (``LearningRateFinder``: the suggestion printed, its plot
+saved in the run directory, applied with ``apply``) and ``--find_batch_size`` (``BatchSizeFinder``, GPU only).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+from lightning.pytorch.callbacks import (
+    BatchSizeFinder,
+    Callback,
+    EMAWeightAveraging,
+    LearningRateFinder,
+)
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+from project.errors import UserError
+
+LR_FIND_PLOT = "lr_find.png"
+
+
+def add_arguments(parser: Any) -> None:
+    """The recipe's flags, on LightningCLI's parser."""
+    parser.add_argument(
+        "--ema_decay", type=float | None, default=None, help="Keep an EMA of the weights (e.g. 0.999) and use it."
+    )
+    parser.add_argument(
+        "--find_lr",
+        type=Literal["no", "report", "apply"],
+        default="no",
+        help="Run Lightning's learning-rate finder first: report its suggestion (and plot), or apply it.",
+    )
+    parser.add_argument("--find_lr_steps", type=int, default=100, help="Steps of the learning-rate finder.")
+    parser.add_argument(
+        "--find_batch_size", type=bool, default=False, help="Find the largest batch size that fits (GPU only)."
+    )
+
+
+def recipe_callbacks(config: Any, run_dir: Path, resumed: bool, on_gpu: bool) -> list[Callback]:
+    """The callbacks the recipe's flags ask for; a one-line :class:`UserError` for impossible ones."""
+    callbacks: list[Callback] = []
+    decay = config.get("ema_decay")
+    if decay is not None:
+        if not 0 < decay < 1:
+            raise UserError(f"--ema_decay must be in (0, 1), got {decay}")
+        callbacks.append(EMA(decay=decay))
+    if config.get("find_lr", "no") != "no" and not resumed:  # a resumed run keeps the rate it was trained with
+        callbacks.append(ReportingLRFinder(run_dir, config["find_lr"] == "apply", config.get("find_lr_steps", 100)))
+    if config.get("find_batch_size"):
+        if not on_gpu:
+            raise UserError("--find_batch_size needs a GPU: on CPU the largest batch that fits is not the limit")
+        callbacks.append(BatchSizeFinder(mode="binsearch"))
+    return callbacks
+
+
+class EMA(EMAWeightAveraging):
+    """Lightning's EMA of the weights, which tests (and validates outside fit) what the checkpoint's ``state_dict``
+    holds: the averaged weights.
+
+    After ``fit`` Lightning's callback still holds its average, and its ``on_load_checkpoint`` would load the raw
+    weights (``current_model_state``) into the model that ``trainer.test(ckpt_path="best")`` tests.
+    """
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        if trainer.state.fn == "fit":  # resuming: the raw weights train on, the average is restored beside them
+            super().on_load_checkpoint(trainer, pl_module, checkpoint)
+
+
+class ReportingLRFinder(LearningRateFinder):
+    """Lightning's learning-rate finder, which prints its suggestion and saves its plot in the run directory."""
+
+    def __init__(self, run_dir: Path, apply: bool, steps: int) -> None:
+        super().__init__(num_training_steps=steps, update_attr=apply, attr_name="lr")
+        self.run_dir = Path(run_dir)
+        self.apply = apply
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_fit_start(trainer, pl_module)
+        self.report(pl_module)
+
+    @rank_zero_only
+    def report(self, pl_module: L.LightningModule) -> None:
+        found = self.optimal_lr
+        if found is None:
+            return
+        suggestion = found.suggestion()
+        figure = found.plot(suggest=True)
+        figure.savefig(self.run_dir / LR_FIND_PLOT, dpi=80)
+        import matplotlib.pyplot as plt
+
+        plt.close(figure)
+        what = "applied" if self.apply and suggestion is not None else "not applied (--find_lr apply applies it)"
+        print(f"learning-rate finder: suggests lr {suggestion}, {what}; plot: {self.run_dir / LR_FIND_PLOT}")
