@@ -102,3 +102,16 @@ def test_fused_optimizers_still_take_a_grad_scale() -> None:
     optimizer.grad_scale = torch.tensor(4.0)
     optimizer.step()
     torch.testing.assert_close(parameter.detach(), torch.full((4,), -0.5))
+
+
+def test_the_accelerator_connector_holds_the_slurm_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    # GracefulInterrupt reads the requeue signal from it, on one device too (where the strategy has no environment).
+    from lightning.fabric.plugins.environments import LightningEnvironment, SLURMEnvironment
+
+    slurm = {"SLURM_NTASKS": "1", "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0"}
+    for name, value in {**slurm, "SLURM_JOB_ID": "7", "SLURM_JOB_NAME": "train"}.items():
+        monkeypatch.setenv(name, value)
+    environment = compat.cluster_environment(quiet_trainer(devices=1))
+    assert isinstance(environment, SLURMEnvironment) and environment.auto_requeue
+    monkeypatch.setenv("SLURM_JOB_NAME", "interactive")  # Lightning's way out of SLURM detection
+    assert isinstance(compat.cluster_environment(quiet_trainer(devices=1)), LightningEnvironment)

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
-from conftest import TINY, run_train
+from conftest import REPO, TINY, TRAIN_SCRIPT, run_train
+from test_resume import assert_same_training
 
 from project.checkpoint import load_model
 from project.datamodules import MNISTDataModule
@@ -58,3 +63,110 @@ def test_ddp_on_two_cpu_processes_stops_resumes_and_matches_one_process(
         row = next(r for r in csv.DictReader(file) if r["val/acc"] and int(r["epoch"]) == best_epoch)
     assert val["val/acc"] == float(row["val/acc"]) == summary["best_val_acc"]
     assert val["val/loss"] == pytest.approx(float(row["val/loss"]), rel=1e-6)
+
+
+# DeepNet (dropout, batch norm), a shuffled order and augmentation: every source of randomness a resume restores.
+EXACT = ["--model", "deepnet", "--model.scheduler", "none", "--data.crop_padding", "2", "--data.rotation", "10"]
+EXACT += ["--trainer.limit_train_batches", "6"]
+DDP = ["--accelerator", "cpu", "--devices", "2", "--strategy", "ddp"]
+
+
+def _ok(result: subprocess.CompletedProcess[str], code: int = 0) -> None:
+    assert result.returncode == code, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_ddp_resume_and_sigterm_to_one_rank_are_bit_identical(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, data_root: Path
+) -> None:
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))
+    args = [*TINY, *DDP, *EXACT, "--data.root", str(data_root)]
+    _ok(run_train([*args, "--max_epochs", "4", "--run_dir", "straight"], cwd=tmp_path))
+
+    # 2 epochs, then resumed to 4.
+    _ok(run_train([*args, "--max_epochs", "2", "--run_dir", "resumed"], cwd=tmp_path))
+    states = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=True)["rng_states_per_rank"]
+    assert len(states) == 2
+    assert not torch.equal(states[0]["torch"], states[1]["torch"])  # each rank draws its own masks
+    _ok(run_train(["--resume", "resumed", "--max_epochs", "4"], cwd=tmp_path))
+    assert_same_training(tmp_path / "resumed", tmp_path / "straight")
+
+    # SIGTERM to rank 1 alone after step 8 (the second batch of epoch 1): both ranks stop at step 10, where they
+    # compare, and rank 0 writes the one checkpoint; the resume finishes the epoch and the run exactly.
+    stop = json.dumps([{"class_path": "test_resume.SignalAtStep", "init_args": {"step": 8, "rank": 1}}])
+    _ok(run_train([*args, "--max_epochs", "4", "--run_dir", "stopped", "--trainer.callbacks", stop], cwd=tmp_path), 143)
+    last = torch.load(tmp_path / "stopped" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["global_step"] == 10
+    assert last["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"epoch": 1, "batches_done": 4}]
+    assert sorted(p.name for p in (tmp_path / "stopped").rglob("*.ckpt")) == ["best.ckpt", "last.ckpt"]
+    assert json.loads((tmp_path / "stopped" / "summary.json").read_text())["signal"] == "SIGTERM"
+    _ok(run_train(["--resume", "stopped", "--trainer.callbacks", "[]"], cwd=tmp_path))
+    assert_same_training(tmp_path / "stopped", tmp_path / "straight")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_torchrun_nodes_write_one_run_directory_and_score_like_one_process(tmp_path: Path, data_root: Path) -> None:
+    run = tmp_path / "shared" / "run"  # the shared file system both nodes see
+    args = [*TINY, *WHOLE_SETS, "--data.root", str(data_root), "--max_epochs", "2", "--run_dir", str(run)]
+    args += ["--accelerator", "cpu", "--devices", "1", "--num_nodes", "2", "--strategy", "ddp"]
+    port = str(_free_port())
+    env = {**os.environ, "PYTHONWARNINGS": "ignore::DeprecationWarning"}
+    nodes = []
+    for node_rank in (0, 1):
+        cwd = tmp_path / f"node{node_rank}"  # each node's working directory: nothing may be written there
+        cwd.mkdir()
+        torchrun = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(node_rank)]
+        torchrun += ["--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", port]
+        command = [*torchrun, str(TRAIN_SCRIPT), *args]
+        nodes.append(subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    outputs = [node.communicate(timeout=300) for node in nodes]
+    for node, (_, stderr) in zip(nodes, outputs, strict=True):
+        assert node.returncode == 0, stderr.decode()[-3000:]
+    assert [list((tmp_path / f"node{rank}").iterdir()) for rank in (0, 1)] == [[], []]
+    assert list((tmp_path / "shared").iterdir()) == [run]
+    written = ["checkpoints", "config.yaml", "hparams.yaml", "metrics.csv", "summary.json"]  # as by one process
+    assert sorted(p.name for p in run.iterdir()) == written
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["devices"] == 1 and summary["global_step"] == 2 * 12  # 360 images over 2 ranks, batches of 16
+
+    # The best checkpoint scored by scripts/evaluate.py in one process: the test metrics the two nodes reported.
+    best = run / "checkpoints" / "best.ckpt"
+    evaluate = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "evaluate.py"), "--ckpt", str(best), "--accelerator", "cpu"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert evaluate.returncode == 0, evaluate.stderr[-3000:]
+    result = json.loads((run / "eval" / "eval.json").read_text())
+    assert result["test_acc"] == summary["test_acc"]
+    assert result["test_loss"] == pytest.approx(summary["test_loss"], rel=1e-6)  # summed in another order
+    # And its validation metrics, as logged by the two nodes.
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False)
+    datamodule = MNISTDataModule(root=str(data_root), batch_size=16, val_size=0.1)
+    val = trainer.validate(load_model(best), datamodule=datamodule, verbose=False)[0]
+    best_epoch = torch.load(best, weights_only=True)["epoch"]
+    with open(run / "metrics.csv", newline="") as file:
+        row = next(r for r in csv.DictReader(file) if r["val/acc"] and int(r["epoch"]) == best_epoch)
+    assert val["val/acc"] == float(row["val/acc"]) == summary["best_val_acc"]
+    assert val["val/loss"] == pytest.approx(float(row["val/loss"]), rel=1e-6)
+
+
+def test_sync_batchnorm_on_cpu_is_a_one_line_error_before_any_process_starts(tmp_path: Path, data_root: Path) -> None:
+    # PyTorch's DDP refuses SyncBatchNorm on CPU modules: say so, rather than a traceback from every rank.
+    args = [*TINY, *DDP, "--model", "deepnet", "--data.root", str(data_root), "--trainer.sync_batchnorm", "true"]
+    result = run_train(args, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == ["error: --trainer.sync_batchnorm true needs GPUs: PyTorch's SyncBatchNorm does not run on CPU"]
+    assert "Traceback" not in result.stderr and not (tmp_path / "runs").exists()

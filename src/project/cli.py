@@ -110,6 +110,9 @@ class TemplateCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         trainer = self.config["trainer"]
         check_gpu(trainer.get("accelerator"))
+        if trainer.get("sync_batchnorm") and not uses_gpu(trainer.get("accelerator")):
+            # PyTorch's DDP refuses SyncBatchNorm on CPU (with a traceback, once the processes have started).
+            raise UserError("--trainer.sync_batchnorm true needs GPUs: PyTorch's SyncBatchNorm does not run on CPU")
         trainer["precision"] = resolve_precision(trainer.get("precision"), trainer.get("accelerator"))
         if uses_gpu(trainer.get("accelerator")):
             # TF32 matmuls: free speed for fp32 ops on Ampere and newer GPUs.
@@ -210,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     compat.quiet_lightning_notices()
     cli: TemplateCLI | None = None
     try:
-        cli = TemplateCLI(expand_args(argv))
+        cli = TemplateCLI(expand_args(rundir.slurm_job_args(argv)))  # a requeued SLURM job resumes
         summary = train(cli)
     except UserError as error:
         return _report(error, cli)

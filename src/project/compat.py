@@ -92,3 +92,10 @@ def attached_trainer(module: Any) -> Any:
     """The ``Trainer`` a LightningModule is attached to, or ``None``: ``module.trainer`` raises when there is none, and
     Lightning (2.6) keeps the reference in the private ``_trainer``."""
     return module._trainer
+
+
+def cluster_environment(trainer: Any) -> Any:
+    """The cluster environment (e.g. ``SLURMEnvironment``) the ``Trainer`` detected. A single-device strategy has no
+    ``cluster_environment``; Lightning (2.6) keeps it in the private accelerator connector, where its own signal
+    handling reads it too."""
+    return trainer._accelerator_connector.cluster_environment

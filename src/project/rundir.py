@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, Logger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
@@ -125,6 +126,38 @@ def last_checkpoint_path(trainer: L.Trainer) -> str:
         if isinstance(callback, ModelCheckpoint) and callback.dirpath and callback.filename == LAST:
             return os.path.join(callback.dirpath, LAST_FILE)
     return os.path.join(trainer.default_root_dir, CHECKPOINTS, LAST_FILE)
+
+
+def slurm_job_args(argv: list[str]) -> list[str]:
+    """Under SLURM, the command line of a job that continues its own run when it is requeued.
+
+    When Lightning's ``SLURMEnvironment`` detects the job (started by ``sbatch``/``srun``, job name not ``bash`` or
+    ``interactive``), the run directory is ``--run_dir`` or ``<default_root_dir>/slurm-<SLURM_JOB_ID>`` (a requeued
+    job keeps its id), the same on every node. When that directory holds ``checkpoints/last.ckpt`` (written on the
+    requeue signal, see :class:`~project.callbacks.signals.GracefulInterrupt`), ``--resume DIR`` is added, so the
+    requeued job, started with the very same command, continues the run (and its W&B run); else the run starts
+    there. An explicit ``--resume`` is left as it is.
+    """
+    job_id = SLURMEnvironment.job_id() if SLURMEnvironment.detect() else None
+    if job_id is None or _flag(argv, "--resume") is not None:
+        return argv
+    given = _flag(argv, "--run_dir")
+    root = _flag(argv, "--trainer.default_root_dir") or "runs"
+    run_dir = Path(given) if given else Path(root) / f"slurm-{job_id}"
+    if (run_dir / CHECKPOINTS / LAST_FILE).is_file():
+        return [*argv, "--resume", str(run_dir)]
+    return argv if given else [*argv, "--run_dir", str(run_dir)]
+
+
+def _flag(argv: list[str], flag: str) -> str | None:
+    """The last value of ``flag`` (``--flag VALUE`` or ``--flag=VALUE``) in ``argv``."""
+    value = None
+    for index, arg in enumerate(argv):
+        if arg == flag and index + 1 < len(argv):
+            value = argv[index + 1]
+        elif arg.startswith(flag + "="):
+            value = arg.partition("=")[2]
+    return value
 
 
 def inherited_run_dir() -> Path | None:

@@ -1,18 +1,26 @@
-"""SIGTERM and SIGINT (Ctrl+C) stop training cleanly: a checkpoint to resume from, then exit 128 + signal."""
+"""SIGTERM and SIGINT (Ctrl+C) stop training cleanly: a checkpoint to resume from, then exit 128 + signal. Under
+SLURM, its requeue signal (SIGUSR1) does the same and requeues the job."""
 
 from __future__ import annotations
 
+import logging
+import os
+import re
 import signal
+import subprocess
 from types import FrameType
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import Callback
 
-from project import rundir
+from project import compat, rundir
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+log = logging.getLogger(__name__)
 
 
 class TrainingInterrupted(SystemExit):
@@ -37,6 +45,13 @@ class GracefulInterrupt(Callback):
     is consistent, and training ends by raising :class:`TrainingInterrupted` rather than by ``trainer.should_stop``,
     which would first run a full validation pass (slow, and a preempted job has only seconds).
 
+    Under SLURM with Lightning's ``SLURMEnvironment(auto_requeue=True)`` (what it detects when started by ``srun`` or
+    ``sbatch``), the environment's requeue signal (SIGUSR1, ``#SBATCH --signal=SIGUSR1@90``) is handled the same way,
+    and then rank 0 requeues the job (``scontrol requeue``, as Lightning does). Lightning's own handler is replaced
+    because it writes its ``hpc_ckpt_N.ckpt`` inside the signal handler, wherever the training step happens to be
+    (in the middle of an optimizer step, say), and then trains on: here the checkpoint is ``last.ckpt`` at a batch
+    boundary, resumed exactly by the requeued job (see :func:`project.rundir.slurm_job_args`), and the process ends.
+
     Under DDP the ranks agree on stopping every ``sync_every_n_steps`` steps (one tiny all-reduce), so that all of
     them write the checkpoint together and stop at the same step even when only one received the signal.
 
@@ -47,6 +62,7 @@ class GracefulInterrupt(Callback):
     def __init__(self, sync_every_n_steps: int = 10) -> None:
         self.sync_every_n_steps = max(1, sync_every_n_steps)
         self.received: int | None = None
+        self.requeue_signal: int | None = None
         self._previous: dict[int, Any] = {}
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
@@ -54,7 +70,10 @@ class GracefulInterrupt(Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.received = None
-        for signum in SIGNALS:
+        environment = compat.cluster_environment(trainer)
+        requeue = isinstance(environment, SLURMEnvironment) and environment.auto_requeue and environment.requeue_signal
+        self.requeue_signal = int(requeue) if requeue else None
+        for signum in SIGNALS if self.requeue_signal is None else (*SIGNALS, self.requeue_signal):
             try:
                 self._previous[signum] = signal.signal(signum, self._handle)
             except ValueError:  # not the main thread (e.g. a notebook's worker thread): keep the default handling
@@ -64,6 +83,8 @@ class GracefulInterrupt(Callback):
         # A signal during the last validation: training is complete and checkpointed, but the user asked to stop.
         signum = self._agreed_signal(trainer)
         self._restore()
+        if signum == self.requeue_signal and trainer.is_global_zero:
+            requeue_slurm_job()  # the requeued job finds the run complete and tests it
         if signum:
             raise TrainingInterrupted(signum, rundir.last_checkpoint_path(trainer))
 
@@ -86,6 +107,8 @@ class GracefulInterrupt(Callback):
         path = rundir.last_checkpoint_path(trainer)
         # On every rank: the strategy writes once, from rank 0. The full resumable state, optimizer and loops included.
         trainer.save_checkpoint(path)
+        if signum == self.requeue_signal and trainer.is_global_zero:
+            requeue_slurm_job()
         raise TrainingInterrupted(signum, path)
 
     def _agreed_signal(self, trainer: L.Trainer) -> int:
@@ -94,3 +117,22 @@ class GracefulInterrupt(Callback):
             return self.received or 0
         decision = torch.tensor(self.received or 0, device=trainer.strategy.root_device)
         return int(trainer.strategy.reduce(decision, reduce_op="max"))
+
+
+def requeue_slurm_job() -> bool:
+    """``scontrol requeue`` this SLURM job (an array job's task by its array id), as Lightning's own handler does;
+    whether ``scontrol`` succeeded."""
+    array_job = os.environ.get("SLURM_ARRAY_JOB_ID")
+    job_id = f"{array_job}_{os.environ['SLURM_ARRAY_TASK_ID']}" if array_job else os.environ["SLURM_JOB_ID"]
+    if not re.fullmatch(r"[0-9_]+", job_id):
+        log.warning(f"not requeueing SLURM job {job_id!r}: not a job id")
+        return False
+    try:
+        result = subprocess.call(["scontrol", "requeue", job_id])
+    except FileNotFoundError:
+        result = -1
+    if result != 0:
+        log.warning(f"requeueing SLURM job {job_id} failed (scontrol: {result}); resubmit it to continue the run")
+        return False
+    print(f"requeued SLURM job {job_id}: it continues this run from its last checkpoint")
+    return True
