@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -129,3 +130,49 @@ def test_sbatch_script_starts_one_srun_task_per_gpu_that_trains_into_the_job_run
     assert srun[srun.index("--devices") + 1] == "1" and srun[srun.index("--num_nodes") + 1] == "1"
     summary = json.loads((tmp_path / "runs" / "slurm-99" / "summary.json").read_text())
     assert summary["devices"] == 1 and summary["test_acc"] is not None
+
+
+def _srun(args: list[str], cwd: Path, job_id: str, tasks: int = 2) -> list[subprocess.CompletedProcess[str]]:
+    """What ``srun`` does for a job of ``tasks`` nodes × 1 task: one process each, with its SLURM variables."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+    processes = []
+    for rank in range(tasks):
+        env = {**os.environ, "SLURM_JOB_ID": job_id, "SLURM_NTASKS": str(tasks), "SLURM_NNODES": str(tasks)}
+        env |= {"SLURM_PROCID": str(rank), "SLURM_NODEID": str(rank), "SLURM_LOCALID": "0", "MASTER_PORT": port}
+        env |= {"SLURM_NTASKS_PER_NODE": "1", "SLURM_NODELIST": "127.0.0.1", "PYTHONWARNINGS": "ignore"}
+        command = [sys.executable, str(REPO / "scripts" / "train.py"), *args]
+        processes.append(subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    outputs = [process.communicate(timeout=300) for process in processes]
+    return [
+        subprocess.CompletedProcess(p.args, p.returncode, out.decode(), err.decode())
+        for p, (out, err) in zip(processes, outputs, strict=True)
+    ]
+
+
+@pytest.mark.slow
+def test_two_node_slurm_job_requeued_on_sigusr1_resumes_exactly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, data_root: Path
+) -> None:
+    # 2 nodes × 1 task (DDP over gloo); SLURM signals every task. The ranks compare every 10 steps: the signal
+    # after step 3 stops both at step 10, in the third epoch of 4 steps.
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))
+    record = slurm_environment(monkeypatch, tmp_path, "0")
+    args = [*TINY, "--data.root", str(data_root), "--model", "deepnet", "--model.scheduler", "none"]
+    args += ["--trainer.limit_train_batches", "4", "--max_epochs", "3", "--accelerator", "cpu", "--devices", "1"]
+    args += ["--num_nodes", "2", "--strategy", "ddp"]
+    for task in _srun(args, tmp_path, "501"):
+        assert task.returncode == 0, task.stderr[-3000:]
+    usr1 = json.dumps([{"class_path": "test_resume.SignalAtStep", "init_args": {"step": 3, "signum": 10}}])
+    command = [*args, "--trainer.callbacks", usr1]
+    for task in _srun(command, tmp_path, "502"):
+        assert task.returncode == 128 + signal.SIGUSR1, task.stderr[-3000:]
+    assert record.read_text() == "requeue 502\n"  # once, by rank 0
+    run = tmp_path / "runs" / "slurm-502"
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 10
+    for task in _srun(command, tmp_path, "502"):  # the requeued job
+        assert task.returncode == 0, task.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["slurm-501", "slurm-502"]
+    assert_same_training(run, tmp_path / "runs" / "slurm-501")
+    assert record.read_text() == "requeue 502\n"
