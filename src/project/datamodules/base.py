@@ -16,6 +16,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from project.datamodules.loaders import InMemoryLoader, loader_seed
+from project.datamodules.mixing import AutoAugmentName, BatchMixing, PerImagePolicy
 from project.datamodules.transforms import BatchAugment, Normalize
 from project.errors import DataError
 from project.options import IMAGENET_STATS, INCEPTION_STATS
@@ -40,6 +41,10 @@ class ImageDataModule(L.LightningDataModule):
         hflip: Random horizontal flips (training only).
         rotation: Random rotation by up to this many degrees (training only).
         color_jitter: Random brightness/contrast/saturation change of up to this fraction (training only).
+        auto_augment: ``trivialaugment``, ``randaugment`` or ``augmix`` (torchvision's, per image; training only).
+        random_erasing: Probability of erasing a random rectangle of each image (training only).
+        mixup: MixUp's α (Beta(α, α) mixing weights; 0: off). Training batches then carry soft targets.
+        cutmix: CutMix's α (0: off); with ``mixup`` too, one of the two is picked per batch.
     """
 
     #: Mean and standard deviation of the data set's pixels in [0, 1], per channel.
@@ -60,6 +65,10 @@ class ImageDataModule(L.LightningDataModule):
         hflip: bool = False,
         rotation: float = 0.0,
         color_jitter: float = 0.0,
+        auto_augment: AutoAugmentName = "none",
+        random_erasing: float = 0.0,
+        mixup: float = 0.0,
+        cutmix: float = 0.0,
     ) -> None:
         super().__init__()
         if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1):
@@ -78,6 +87,9 @@ class ImageDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.augment = BatchAugment(crop_padding, hflip, rotation, color_jitter)
+        self.per_image = PerImagePolicy(auto_augment, random_erasing)
+        BatchMixing(mixup, cutmix, 2)  # checks the values; built for the number of classes in setup
+        self.mixing: BatchMixing | None = None
         self.normalizer: Normalize | None = None
         #: The layout batches are handed over in; the fast path sets channels-last for conv nets on a GPU.
         self.memory_format = torch.contiguous_format
@@ -139,6 +151,8 @@ class ImageDataModule(L.LightningDataModule):
             self.splits["test"] = self.load_split(train=False)
         stats = self.normalization()
         self.normalizer = Normalize(*stats) if stats else None
+        if self.mixing is None and stage == "fit":
+            self.mixing = BatchMixing(self.hparams.mixup, self.hparams.cutmix, self.num_classes) or None
 
     def _split_validation(self, images: Tensor, labels: Tensor) -> tuple[tuple[Tensor, Tensor], ...]:
         n = len(labels)
@@ -183,7 +197,17 @@ class ImageDataModule(L.LightningDataModule):
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         images, labels = batch
         trainer = self.trainer
+        training = trainer is not None and trainer.training
+        if training:
+            images = self.per_image.on_uint8(images)
         images = self._network_input(images, trainer)
+        if training and (self.per_image.erasing is not None or self.mixing is not None):
+            images = self.per_image.on_normalized(images)
+            if self.mixing is not None:  # soft targets for the loss, the labels for the accuracy
+                images, targets = self.mixing(images, labels)
+                batch = (images.contiguous(memory_format=self.memory_format), targets, labels)
+                return trainer.precision_plugin.convert_input(batch)
+            images = images.contiguous(memory_format=self.memory_format)
         if trainer is not None:
             # Lightning casts floating-point batches to the weights' dtype (bf16-true, 16-true, 64-true) before this
             # hook, when these were still uint8: the same cast, here. Every other precision leaves them unchanged.

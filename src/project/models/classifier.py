@@ -88,12 +88,14 @@ class ImageClassifier(FastHookBookkeeping, L.LightningModule):
         return self.network(images)
 
     # ------------------------------------------------------------------ steps
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        images, targets = batch
+    def training_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor:
+        # (images, labels), or with MixUp/CutMix (images, soft targets, labels): the loss takes the soft targets
+        # (cross-entropy accepts class probabilities), the accuracy the labels.
+        images, targets, *labels = batch
         logits = self(images)
         loss = self.criterion(logits, targets)
         # Device-side sums, logged once per epoch; the step loss is logged from the returned value.
-        self.train_means.update(loss, logits, targets)
+        self.train_means.update(loss, logits, labels[0] if labels else targets)
         return loss
 
     def on_train_epoch_end(self) -> None:
