@@ -170,3 +170,26 @@ def test_sync_batchnorm_on_cpu_is_a_one_line_error_before_any_process_starts(tmp
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert errors == ["error: --trainer.sync_batchnorm true needs GPUs: PyTorch's SyncBatchNorm does not run on CPU"]
     assert "Traceback" not in result.stderr and not (tmp_path / "runs").exists()
+
+
+def test_rng_states_of_another_process_count_restore_rank_0s_with_a_warning() -> None:
+    # A DDP checkpoint resumed by one process (or by another number of them): rank 0's states, and a warning.
+    from types import SimpleNamespace
+
+    from project.callbacks.rng_state import RNGStateCheckpoint, capture_rng_states
+
+    with torch.random.fork_rng():  # leaves this process's generator as it was
+        torch.manual_seed(1)
+        rank0 = capture_rng_states()
+        torch.manual_seed(2)
+        rank1 = capture_rng_states()
+        checkpoint = {"rng_states": rank0, "rng_states_per_rank": [rank0, rank1]}
+        callback = RNGStateCheckpoint()
+        strategy = SimpleNamespace(root_device=torch.device("cpu"))
+        with pytest.warns(UserWarning, match="random state of 2 process"):
+            callback.on_load_checkpoint(
+                SimpleNamespace(world_size=1, global_rank=0, strategy=strategy), None, checkpoint
+            )
+        assert torch.equal(torch.get_rng_state(), rank0["torch"])
+        callback.on_load_checkpoint(SimpleNamespace(world_size=2, global_rank=1, strategy=strategy), None, checkpoint)
+        assert torch.equal(torch.get_rng_state(), rank1["torch"])  # the same number of processes: each its own
