@@ -196,7 +196,7 @@ def test_extending_a_cosine_run_stretches_the_schedule(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, data_root: Path
 ) -> None:
     run = tmp_path / "run"
-    cosine = ["--model", "mlp", "--model.scheduler", "cosine", "--data.root", str(data_root)]
+    cosine = ["--model", "mlp", "--model.scheduler", "cosine", "--model.lr", "1e-3", "--data.root", str(data_root)]
     assert _run(tmp_path, monkeypatch, *cosine, "--trainer.max_epochs", "1", "--run_dir", str(run)) == 0
     # Resumed with more epochs: without stretching, the schedule is already at its end (learning rate 0).
     with pytest.warns(UserWarning, match="cosine schedule stretched from 3 to 9 steps"):
