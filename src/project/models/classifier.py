@@ -18,7 +18,14 @@ from torchmetrics.classification import MulticlassAccuracy
 from project import fastpath
 from project.compat import FastHookBookkeeping, attached_trainer
 from project.models.metrics import TrainingMeans
-from project.models.recipe import OptimizerName, SchedulerName, fit_cosine_schedules, make_optimizer, make_scheduler
+from project.models.recipe import (
+    OptimizerName,
+    SchedulerName,
+    fit_cosine_schedules,
+    make_optimizer,
+    make_scheduler,
+    parameter_groups,
+)
 
 
 class ImageClassifier(FastHookBookkeeping, L.LightningModule):
@@ -33,6 +40,8 @@ class ImageClassifier(FastHookBookkeeping, L.LightningModule):
         lr: Learning rate.
         momentum: SGD momentum (ignored by Adam and AdamW).
         weight_decay: Weight decay (decoupled for AdamW).
+        decay_norm_and_bias: ``false`` exempts biases and normalization layers from the weight decay (their own
+            parameter group, weight decay 0).
         scheduler: ``none``, ``step`` (StepLR), ``plateau`` (on val accuracy), ``cosine`` (per step) or
             ``warmup_cosine`` (linear warm-up for ``warmup_epochs``, then cosine, per step).
         step_size: Epochs between decays for ``step``; patience in epochs for ``plateau``.
@@ -58,6 +67,7 @@ class ImageClassifier(FastHookBookkeeping, L.LightningModule):
         lr: float = 1e-3,
         momentum: float = 0.9,
         weight_decay: float = 0.0,
+        decay_norm_and_bias: bool = True,
         scheduler: SchedulerName = "none",
         step_size: int = 10,
         gamma: float = 0.1,
@@ -138,7 +148,8 @@ class ImageClassifier(FastHookBookkeeping, L.LightningModule):
         # Only trainable parameters: a frozen backbone is added later by the fine-tuning callback.
         params = [p for p in self.parameters() if p.requires_grad]
         fused = fastpath.fused_optimizer(attached_trainer(self), params)
-        optimizer = make_optimizer(hp.optimizer, params, hp.lr, hp.momentum, hp.weight_decay, fused)
+        groups = parameter_groups(self, params, hp.weight_decay, hp.get("decay_norm_and_bias", True))
+        optimizer = make_optimizer(hp.optimizer, groups, hp.lr, hp.momentum, hp.weight_decay, fused)
         scheduler = make_scheduler(hp.scheduler, optimizer, hp.step_size, hp.gamma, hp.warmup_epochs)
         return {"optimizer": optimizer, "lr_scheduler": scheduler} if scheduler else optimizer
 

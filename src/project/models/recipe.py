@@ -14,7 +14,7 @@ SchedulerName = Literal["none", "step", "plateau", "cosine", "warmup_cosine"]
 
 
 def make_optimizer(
-    name: OptimizerName, params: list[nn.Parameter], lr: float, momentum: float, weight_decay: float, fused: bool | None
+    name: OptimizerName, params: list[Any], lr: float, momentum: float, weight_decay: float, fused: bool | None
 ) -> torch.optim.Optimizer:
     """Adam, AdamW (decoupled weight decay) or SGD with momentum; ``fused`` picks PyTorch's one-pass kernel."""
     if name == "adam":
@@ -22,6 +22,25 @@ def make_optimizer(
     if name == "adamw":
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused)
     return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, fused=fused)
+
+
+#: Layers whose parameters scale or shift activations: weight decay pulls them towards 0, not towards simplicity.
+NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
+
+
+def parameter_groups(
+    module: nn.Module, params: list[nn.Parameter], weight_decay: float, decay_norm_and_bias: bool
+) -> list[nn.Parameter] | list[dict[str, Any]]:
+    """``params`` as they are, or (``decay_norm_and_bias=False``) two groups: weights with ``weight_decay``, and the
+    biases and normalization layers' parameters (every 0- or 1-dimensional tensor too) without."""
+    if decay_norm_and_bias or not weight_decay:
+        return params
+    norms = {id(p) for m in module.modules() if isinstance(m, NORM_LAYERS) for p in m.parameters(recurse=False)}
+    exempt = [p for p in params if p.ndim <= 1 or id(p) in norms]
+    exempt_ids = {id(p) for p in exempt}
+    decayed = [p for p in params if id(p) not in exempt_ids]
+    groups = [{"params": decayed}, {"params": exempt, "weight_decay": 0.0}]
+    return [group for group in groups if group["params"]]
 
 
 def make_scheduler(
