@@ -71,8 +71,13 @@ class Transfer(ImageClassifier):
         if name.startswith(backbones.TIMM_PREFIX):
             import timm
 
-            reference = timm.create_model(name.removeprefix(backbones.TIMM_PREFIX), pretrained=True)
-            state = reference.state_dict()
+            try:  # from the Hugging Face hub's cache, or downloaded
+                state = timm.create_model(name.removeprefix(backbones.TIMM_PREFIX), pretrained=True).state_dict()
+            except (OSError, RuntimeError, ValueError) as error:
+                reason = " ".join(str(error).split())[:200]
+                raise UserError(
+                    f"{name}: timm could not load its pretrained weights ({reason}); pass --model.weights PATH or none"
+                ) from None
         else:
             state = backbones.pretrained_state(name, tuple(self.hparams.input_shape))
         backbones.load_into(self.network, state, "imagenet")
