@@ -95,7 +95,7 @@ def test_offline_run_on_its_own_logs_nested_config_artifacts_histograms_and_dash
     config = recorded["config"]
     # The resolved config.yaml, nested as written, and not the flat hyperparameters besides it.
     assert config["model"]["class_path"] == "project.models.MLP"
-    assert config["model"]["init_args"]["lr"] == 0.001
+    assert config["model"]["init_args"]["lr"] == 0.002  # the MLP recipe's (configs/model/mlp.yaml)
     assert config["data"]["init_args"]["root"] == str(data_root)
     assert config["trainer"]["max_epochs"] == 1 and config["logger"] == "wandb"
     assert not {"lr", "hidden_sizes", "batch_size", "class_names"} & set(config)
