@@ -106,9 +106,10 @@ def expand_args(argv: list[str]) -> list[str]:
     if data_name is None:
         data_default = DEFAULT_DATA.get(model_name or DEFAULT_MODEL, "mnist")
         defaults += ["--data", _resolve_name("data", data_default)]
-    resume = _flag_value(out, "--resume")
+    resume = rundir.flag_value(out, "--resume")
     if resume is not None:
-        run_dir, _ = rundir.find_resume_checkpoint(resume, _flag_value(out, "--trainer.default_root_dir") or "runs")
+        root = rundir.flag_value(out, "--trainer.default_root_dir") or "runs"
+        run_dir, _ = rundir.find_resume_checkpoint(resume, root)
         # The run's own config comes right after the defaults: the run continues as it was configured.
         defaults += ["--config", str(run_dir / rundir.CONFIG), "--run_dir", str(run_dir)]
     return defaults + out
@@ -132,8 +133,3 @@ def _choice_before_options(args: list[str], group: str) -> list[str]:
     choice = args[choices[-1] : choices[-1] + 2]
     rest = args[: choices[-1]] + args[choices[-1] + 2 :]
     return rest[: options[0]] + choice + rest[options[0] :]
-
-
-def _flag_value(args: list[str], flag: str) -> str | None:
-    values = [args[i + 1] for i, arg in enumerate(args[:-1]) if arg == flag]
-    return values[-1] if values else None

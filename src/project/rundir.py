@@ -139,17 +139,17 @@ def slurm_job_args(argv: list[str]) -> list[str]:
     there. An explicit ``--resume`` is left as it is.
     """
     job_id = SLURMEnvironment.job_id() if SLURMEnvironment.detect() else None
-    if job_id is None or _flag(argv, "--resume") is not None:
+    if job_id is None or flag_value(argv, "--resume") is not None:
         return argv
-    given = _flag(argv, "--run_dir")
-    root = _flag(argv, "--trainer.default_root_dir") or "runs"
+    given = flag_value(argv, "--run_dir")
+    root = flag_value(argv, "--trainer.default_root_dir") or "runs"
     run_dir = Path(given) if given else Path(root) / f"slurm-{job_id}"
     if (run_dir / CHECKPOINTS / LAST_FILE).is_file():
         return [*argv, "--resume", str(run_dir)]
     return argv if given else [*argv, "--run_dir", str(run_dir)]
 
 
-def _flag(argv: list[str], flag: str) -> str | None:
+def flag_value(argv: list[str], flag: str) -> str | None:
     """The last value of ``flag`` (``--flag VALUE`` or ``--flag=VALUE``) in ``argv``."""
     value = None
     for index, arg in enumerate(argv):
