@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import pytest
 import torch
 from conftest import TINY, quiet_trainer
+from lightning.pytorch.callbacks import Callback
 
 from project import fastpath
 from project.cli import main as train
@@ -68,5 +73,37 @@ def test_accumulation_resumes_exactly(tmp_path: Path, data_root: Path) -> None:
     whole = torch.load(tmp_path / "whole" / "checkpoints" / "last.ckpt", weights_only=True)
     split = torch.load(tmp_path / "split" / "checkpoints" / "last.ckpt", weights_only=True)
     assert whole["global_step"] == split["global_step"] == 4  # 2 epochs x 4 batches / 2
+    for key, value in whole["state_dict"].items():
+        assert torch.equal(value, split["state_dict"][key]), key
+
+
+class SignalAtBatch(Callback):
+    """Sends SIGTERM to this process after training batch ``batch`` of the first epoch, as ``kill`` would."""
+
+    def __init__(self, batch: int) -> None:
+        self.batch = batch
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if trainer.current_epoch == 0 and batch_idx == self.batch:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+@pytest.mark.slow
+def test_a_signal_inside_an_accumulation_window_stops_after_its_optimizer_step(tmp_path: Path, data_root: Path) -> None:
+    # Batch 2 of 0..4 is the first half of the window {2, 3}: a checkpoint there would lose its gradient.
+    common = [*TINY, "--model", "mlp", "--data.root", str(data_root), "--trainer.accumulate_grad_batches", "2"]
+    common += ["--trainer.limit_train_batches", "5", "--trainer.max_epochs", "2", "--no_test", "true"]
+    common += ["--trainer.gradient_clip_val", "0.05"]
+    stop = json.dumps([{"class_path": "test_accumulation.SignalAtBatch", "init_args": {"batch": 2}}])
+    assert train([*common, "--run_dir", str(tmp_path / "whole")]) == 0
+    assert train([*common, "--run_dir", str(tmp_path / "split"), "--trainer.callbacks", stop]) == 143
+    interrupted = torch.load(tmp_path / "split" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert interrupted["global_step"] == 2
+    loader_state = interrupted["loops"]["fit_loop"]["state_dict"]["combined_loader"]
+    assert loader_state == [{"epoch": 0, "batches_done": 4}]
+    assert train(["--resume", str(tmp_path / "split"), "--trainer.callbacks", "[]"]) == 0
+    whole = torch.load(tmp_path / "whole" / "checkpoints" / "last.ckpt", weights_only=True)
+    split = torch.load(tmp_path / "split" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert whole["global_step"] == split["global_step"] == 6  # 2 epochs x 3 steps (2 + 2 + 1 batches)
     for key, value in whole["state_dict"].items():
         assert torch.equal(value, split["state_dict"][key]), key

@@ -99,6 +99,8 @@ class GracefulInterrupt(Callback):
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
+        if not _ends_an_optimizer_step(trainer, batch_idx):
+            return  # a checkpoint inside an accumulation window would lose the gradients accumulated so far
         if trainer.world_size > 1 and trainer.global_step % self.sync_every_n_steps:
             return
         signum = self._agreed_signal(trainer)
@@ -106,7 +108,7 @@ class GracefulInterrupt(Callback):
             return
         path = rundir.last_checkpoint_path(trainer)
         # On every rank: the strategy writes once, from rank 0. The full resumable state, optimizer and loops included.
-        trainer.save_checkpoint(path)
+        trainer.save_checkpoint(path, weights_only=False)
         if signum == self.requeue_signal and trainer.is_global_zero:
             requeue_slurm_job()
         raise TrainingInterrupted(signum, path)
@@ -117,6 +119,13 @@ class GracefulInterrupt(Callback):
             return self.received or 0
         decision = torch.tensor(self.received or 0, device=trainer.strategy.root_device)
         return int(trainer.strategy.reduce(decision, reduce_op="max"))
+
+
+def _ends_an_optimizer_step(trainer: L.Trainer, batch_idx: int) -> bool:
+    """Whether Lightning steps the optimizer after this batch: every ``accumulate_grad_batches``-th batch of an
+    epoch, and its last."""
+    done = batch_idx + 1
+    return done % trainer.accumulate_grad_batches == 0 or done >= trainer.num_training_batches
 
 
 def requeue_slurm_job() -> bool:
