@@ -1,4 +1,5 @@
-"""The training recipe's flags: EMA of the weights, the learning-rate finder, the batch-size finder's refusal on CPU."""
+"""The training recipe's flags: EMA and SWA of the weights, the learning-rate finder, the batch-size finder's refusal
+on CPU."""
 
 from __future__ import annotations
 
@@ -6,10 +7,12 @@ import csv
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from conftest import TINY, quiet_trainer
+from lightning.pytorch.callbacks import Callback
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -20,15 +23,22 @@ from project.cli import main as train
 from project.datamodules import MNISTDataModule
 
 
-def _last_logged(run: Path, key: str) -> float:
+def _logged(run: Path, key: str) -> list[float]:
     with open(run / "metrics.csv", newline="") as file:
-        return [float(row[key]) for row in csv.DictReader(file) if row.get(key)][-1]
+        return [float(row[key]) for row in csv.DictReader(file) if row.get(key)]
+
+
+def _last_logged(run: Path, key: str) -> float:
+    return _logged(run, key)[-1]
 
 
 @pytest.mark.slow
-def test_ema_weights_are_validated_tested_checkpointed_and_exported(tmp_path: Path, data_root: Path) -> None:
+@pytest.mark.parametrize("averaging", [["--ema_decay", "0.5"], ["--swa_lrs", "0.01", "--swa_epoch_start", "1"]])
+def test_averaged_weights_are_validated_tested_checkpointed_and_exported(
+    tmp_path: Path, data_root: Path, averaging: list[str]
+) -> None:
     run = tmp_path / "run"
-    args = [*TINY, "--model", "mlp", "--data.root", str(data_root), "--trainer.max_epochs", "2", "--ema_decay", "0.5"]
+    args = [*TINY, "--model", "mlp", "--data.root", str(data_root), "--trainer.max_epochs", "2", *averaging]
     assert train([*args, "--trainer.limit_test_batches", "1.0", "--run_dir", str(run)]) == 0
     best, last = run / "checkpoints" / "best.ckpt", run / "checkpoints" / "last.ckpt"
     saved = torch.load(last, weights_only=True)
@@ -63,6 +73,36 @@ def test_ema_weights_are_validated_tested_checkpointed_and_exported(tmp_path: Pa
     assert all(torch.equal(value, ema_best[f"network.{key}"]) for key, value in exported.items())
 
 
+class RecordEpochEndWeights(Callback):
+    """Keeps a copy of the raw weights after each epoch's last training batch (in this process)."""
+
+    weights: list[dict[str, torch.Tensor]] = []
+
+    def on_train_batch_end(self, trainer: Any, module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if batch_idx + 1 == trainer.num_training_batches:
+            RecordEpochEndWeights.weights.append({k: v.clone() for k, v in module.network.state_dict().items()})
+
+
+@pytest.mark.slow
+def test_swa_averages_the_weights_of_its_epochs_at_the_annealed_learning_rate(tmp_path: Path, data_root: Path) -> None:
+    run, record = tmp_path / "run", json.dumps([{"class_path": "test_recipe.RecordEpochEndWeights"}])
+    RecordEpochEndWeights.weights = []
+    args = [*TINY, "--model", "mlp", "--data.root", str(data_root), "--trainer.max_epochs", "3"]
+    args += ["--model.scheduler", "none", "--model.lr", "0.002", "--trainer.callbacks", record]
+    assert train([*args, "--swa_lrs", "0.01", "--swa_epoch_start", "2", "--run_dir", str(run)]) == 0
+    epoch_ends = RecordEpochEndWeights.weights
+    assert len(epoch_ends) == 3
+    last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert int(last["averaging_state"]["n_averaged"]) == 2  # epochs 2 and 3
+    for key, raw in epoch_ends[2].items():
+        mean = (epoch_ends[1][key] + epoch_ends[2][key]) / 2
+        torch.testing.assert_close(last["state_dict"][f"network.{key}"], mean)
+        assert torch.equal(last["current_model_state"][f"network.{key}"], raw)
+    # Epoch 2 anneals from 0.002 (its start, as logged) to 0.01, which epoch 3 trains at.
+    assert _logged(run, "lr-Adam") == pytest.approx([0.002, 0.002, 0.01])
+    assert all(group["lr"] == 0.01 for group in last["optimizer_states"][0]["param_groups"])
+
+
 @pytest.mark.slow
 def test_find_lr_saves_its_plot_and_applies_the_suggestion(
     tmp_path: Path, data_root: Path, capsys: pytest.CaptureFixture[str]
@@ -93,6 +133,9 @@ def test_find_batch_size_is_refused_on_cpu(tmp_path: Path, data_root: Path, caps
     [
         (["--ema_decay", "1.5"], "--ema_decay must be in (0, 1)"),
         (["--ema_decay", "0"], "--ema_decay must be in (0, 1)"),
+        (["--swa_lrs", "0"], "--swa_lrs must be positive"),
+        (["--swa_lrs", "0.1", "--ema_decay", "0.9"], "--ema_decay and --swa_lrs both average the weights"),
+        (["--swa_lrs", "0.1", "--swa_epoch_start", "0"], "--swa_epoch_start must be positive"),
     ],
 )
 def test_bad_averaging_flags_are_one_line_errors(

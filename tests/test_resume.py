@@ -223,3 +223,23 @@ def test_resume_after_the_backbone_was_unfrozen_is_bit_identical(
     head, backbone = last["optimizer_states"][0]["param_groups"]
     assert backbone["initial_lr"] == pytest.approx(head["initial_lr"] * 0.1)
     assert backbone["lr"] == pytest.approx(head["lr"] * 0.1, abs=1e-12)  # both at the cosine's end
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("averaging", [["--ema_decay", "0.9"], ["--swa_lrs", "0.05", "--swa_epoch_start", "2"]])
+def test_resume_of_averaged_weights_is_bit_identical(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, data_root: Path, averaging: list[str]
+) -> None:
+    # Stopped in the middle of epoch 2 of 3, after SWA's first average (end of epoch 1) and before its second.
+    common = [*DEEPNET, "--data.root", str(data_root), "--trainer.max_epochs", "3", *averaging]
+    interrupted = _straight_and_interrupted(tmp_path, monkeypatch, common, 12)
+    assert interrupted["global_step"] == 12 and "current_model_state" in interrupted
+    assert _run(tmp_path, monkeypatch, "--resume", "resumed", "--trainer.callbacks", "[]") == 0
+    assert_same_training(tmp_path / "resumed", tmp_path / "straight")  # state_dict: the averaged weights
+    last, expected = (
+        torch.load(r / "checkpoints" / "last.ckpt", weights_only=True)
+        for r in (tmp_path / "resumed", tmp_path / "straight")
+    )
+    for key, tensor in expected["current_model_state"].items():
+        assert torch.equal(last["current_model_state"][key], tensor), key
+    assert torch.equal(last["averaging_state"]["n_averaged"], expected["averaging_state"]["n_averaged"])

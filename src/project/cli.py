@@ -101,7 +101,7 @@ class TemplateCLI(LightningCLI):
             "--fast_path", type=bool, default=True, help="The speed machinery (project.fastpath); false to debug."
         )
         parser.add_class_arguments(WandbOptions, "wandb")
-        recipe.add_arguments(parser)  # --ema_decay, --find_lr, --find_batch_size
+        recipe.add_arguments(parser)  # --ema_decay, --swa_lrs, --find_lr, --find_batch_size
         # The data decides the shapes and class names; the model is built from them.
         for name in ("num_classes", "input_shape", "class_names"):
             parser.link_arguments(f"data.{name}", f"model.init_args.{name}", apply_on="instantiate")
@@ -183,16 +183,18 @@ class TemplateCLI(LightningCLI):
 
     def default_callbacks(self, run_dir: Path) -> list[Callback]:
         """Checkpointing, learning-rate monitoring, RNG state, the non-finite loss check, SIGTERM/SIGINT handling,
-        the dashboard, the W&B hooks and the recipe's (EMA, the finders)."""
+        the dashboard, the W&B hooks and the recipe's (EMA or SWA, the finders)."""
         accelerator = self.config["trainer"].get("accelerator")
         callbacks: list[Callback] = [
             *rundir.checkpoint_callbacks(run_dir / rundir.CHECKPOINTS),
-            LearningRateMonitor(logging_interval="epoch"),
             RNGStateCheckpoint(),
             NonFiniteLossCheck(),  # before GracefulInterrupt: a non-finite step must not be checkpointed
+            # Before GracefulInterrupt: a step's weight average is updated before a stop saves it; before the
+            # monitor: SWA sets the learning rate it logs.
+            *recipe.recipe_callbacks(self.config, run_dir, self.ckpt_path is not None, uses_gpu(accelerator)),
+            LearningRateMonitor(logging_interval="epoch"),
             GracefulInterrupt(),
             *wandb_callbacks(self.config["logger"], WandbOptions(**self.config["wandb"])),
-            *recipe.recipe_callbacks(self.config, run_dir, self.ckpt_path is not None, uses_gpu(accelerator)),
         ]
         if self.config["dashboard_every"] > 0:
             callbacks.append(ClassificationDashboard(run_dir / "dashboard", self.config["dashboard_every"]))

@@ -1,8 +1,9 @@
 """The training-recipe flags of the command line, each one of Lightning's own callbacks.
 
-``--ema_decay`` (``EMAWeightAveraging``: validation, checkpoints, the test and exports use the averaged weights),
-``--find_lr`` (``LearningRateFinder``: the suggestion printed, its plot
-saved in the run directory, applied with ``apply``) and ``--find_batch_size`` (``BatchSizeFinder``, GPU only).
+``--ema_decay`` and ``--swa_lrs`` (``WeightAveraging``: validation, checkpoints, the test and exports use the
+averaged weights; :mod:`project.callbacks.averaging`), ``--find_lr`` (``LearningRateFinder``: the suggestion
+printed, its plot saved in the run directory, applied with ``apply``) and ``--find_batch_size`` (``BatchSizeFinder``,
+GPU only).
 """
 
 from __future__ import annotations
@@ -11,14 +12,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
-from lightning.pytorch.callbacks import (
-    BatchSizeFinder,
-    Callback,
-    EMAWeightAveraging,
-    LearningRateFinder,
-)
+from lightning.pytorch.callbacks import BatchSizeFinder, Callback, LearningRateFinder
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
+from project.callbacks.averaging import EMA, SWA
 from project.errors import UserError
 
 LR_FIND_PLOT = "lr_find.png"
@@ -29,6 +26,13 @@ def add_arguments(parser: Any) -> None:
     parser.add_argument(
         "--ema_decay", type=float | None, default=None, help="Keep an EMA of the weights (e.g. 0.999) and use it."
     )
+    parser.add_argument(
+        "--swa_lrs", type=float | None, default=None, help="Stochastic weight averaging, annealing to this rate."
+    )
+    parser.add_argument(
+        "--swa_epoch_start", type=int | float, default=0.8, help="SWA's first epoch (from 1) or fraction of max_epochs."
+    )
+    parser.add_argument("--swa_annealing_epochs", type=int, default=1, help="Epochs SWA anneals the rate over.")
     parser.add_argument(
         "--find_lr",
         type=Literal["no", "report", "apply"],
@@ -49,6 +53,10 @@ def recipe_callbacks(config: Any, run_dir: Path, resumed: bool, on_gpu: bool) ->
         if not 0 < decay < 1:
             raise UserError(f"--ema_decay must be in (0, 1), got {decay}")
         callbacks.append(EMA(decay=decay))
+    if config.get("swa_lrs") is not None:
+        if decay is not None:
+            raise UserError("--ema_decay and --swa_lrs both average the weights: choose one")
+        callbacks.append(SWA(config["swa_lrs"], config["swa_epoch_start"], config["swa_annealing_epochs"]))
     if config.get("find_lr", "no") != "no" and not resumed:  # a resumed run keeps the rate it was trained with
         callbacks.append(ReportingLRFinder(run_dir, config["find_lr"] == "apply", config.get("find_lr_steps", 100)))
     if config.get("find_batch_size"):
@@ -56,19 +64,6 @@ def recipe_callbacks(config: Any, run_dir: Path, resumed: bool, on_gpu: bool) ->
             raise UserError("--find_batch_size needs a GPU: on CPU the largest batch that fits is not the limit")
         callbacks.append(BatchSizeFinder(mode="binsearch"))
     return callbacks
-
-
-class EMA(EMAWeightAveraging):
-    """Lightning's EMA of the weights, which tests (and validates outside fit) what the checkpoint's ``state_dict``
-    holds: the averaged weights.
-
-    After ``fit`` Lightning's callback still holds its average, and its ``on_load_checkpoint`` would load the raw
-    weights (``current_model_state``) into the model that ``trainer.test(ckpt_path="best")`` tests.
-    """
-
-    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
-        if trainer.state.fn == "fit":  # resuming: the raw weights train on, the average is restored beside them
-            super().on_load_checkpoint(trainer, pl_module, checkpoint)
 
 
 class ReportingLRFinder(LearningRateFinder):
