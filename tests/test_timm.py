@@ -64,3 +64,13 @@ def test_a_timm_backbone_trains_and_evaluates(tmp_path: Path, data_root: Path) -
     assert evaluate.main(["--ckpt", str(run / "checkpoints" / "best.ckpt")]) == 0
     summary = json.loads((run / "summary.json").read_text())
     assert json.loads((run / "eval" / "eval.json").read_text())["test_acc"] == pytest.approx(summary["test_acc"])
+
+
+def test_timm_layers_for_layer_wise_decay_are_timms_own_groups() -> None:
+    model = Transfer(backbone="timm/resnet10t", weights="none", num_classes=5, input_shape=(3, 32, 32), finetune="all")
+    layers = backbones.layer_indices(model.network, model.head_name)
+    matcher = timm.models.group_parameters(model.network, model.network.group_matcher(coarse=False))
+    assert len(set(layers.values())) == len(matcher) - 1  # every group but the head's
+    assert layers["conv1.0.weight"] == 0 and "fc.weight" not in layers
+    deepest = max(layers, key=layers.__getitem__)
+    assert deepest.startswith("layer4.")

@@ -119,6 +119,32 @@ def backbone_of(network: nn.Module, head_name: str) -> nn.ModuleList:
     return nn.ModuleList(parts)
 
 
+def layer_indices(network: nn.Module, head_name: str) -> dict[str, int]:
+    """The depth of every parameter outside the head, from 0 at the input: the layers of layer-wise lr decay.
+
+    timm's own grouping (``group_matcher``) for timm models. For torchvision's, a layer is the path up to the first
+    numbered module (``features.3``, ``layer2``, ``encoder.layers.encoder_layer_7``), else the parameter's module.
+    """
+    names = [name for name, _ in network.named_parameters() if not name.startswith(f"{head_name}.")]
+    if hasattr(network, "group_matcher"):
+        from timm.models import group_parameters
+
+        groups = group_parameters(network, network.group_matcher(coarse=False))
+        key: dict[str, Any] = {name: index for index, members in groups.items() for name in members}
+        layers = sorted({key[name] for name in names})
+    else:
+        key = {name: _layer_of(name) for name in names}
+        layers = list(dict.fromkeys(key[name] for name in names))  # in module order: the input first
+    depth = {layer: index for index, layer in enumerate(layers)}
+    return {name: depth[key[name]] for name in names}
+
+
+def _layer_of(name: str) -> str:
+    parts = name.split(".")
+    numbered = next((i for i, part in enumerate(parts[:-1]) if part[-1].isdigit()), None)
+    return ".".join(parts[: numbered + 1] if numbered is not None else parts[:-1]) or name
+
+
 class _Parameters(nn.Module):
     """Parameters held directly by a module on the way to the head, shared (not copied) as a leaf module."""
 

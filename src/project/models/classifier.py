@@ -148,10 +148,16 @@ class ImageClassifier(FastHookBookkeeping, L.LightningModule):
         # Only trainable parameters: a frozen backbone is added later by the fine-tuning callback.
         params = [p for p in self.parameters() if p.requires_grad]
         fused = fastpath.fused_optimizer(attached_trainer(self), params)
-        groups = parameter_groups(self, params, hp.weight_decay, hp.get("decay_norm_and_bias", True))
+        groups = parameter_groups(
+            self, params, hp.lr, hp.weight_decay, hp.get("decay_norm_and_bias", True), self.lr_scales()
+        )
         optimizer = make_optimizer(hp.optimizer, groups, hp.lr, hp.momentum, hp.weight_decay, fused)
         scheduler = make_scheduler(hp.scheduler, optimizer, hp.step_size, hp.gamma, hp.warmup_epochs)
         return {"optimizer": optimizer, "lr_scheduler": scheduler} if scheduler else optimizer
+
+    def lr_scales(self) -> dict[str, float]:
+        """Factors of ``lr`` by parameter name (``Transfer``'s layer-wise decay); unnamed parameters train at ``lr``."""
+        return {}
 
     def on_train_start(self) -> None:
         fit_cosine_schedules(self.trainer)

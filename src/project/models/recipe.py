@@ -40,18 +40,32 @@ NORM_LAYERS = (
 
 
 def parameter_groups(
-    module: nn.Module, params: list[nn.Parameter], weight_decay: float, decay_norm_and_bias: bool
+    module: nn.Module,
+    params: list[nn.Parameter],
+    lr: float,
+    weight_decay: float,
+    decay_norm_and_bias: bool,
+    lr_scales: dict[str, float] | None = None,
 ) -> list[nn.Parameter] | list[dict[str, Any]]:
-    """``params`` as they are, or (``decay_norm_and_bias=False``) two groups: weights with ``weight_decay``, and the
-    biases and normalization layers' parameters (every 0- or 1-dimensional tensor too) without."""
-    if decay_norm_and_bias or not weight_decay:
+    """``params`` as they are, or in groups: with ``decay_norm_and_bias=False`` the biases and normalization layers'
+    parameters (every 0- or 1-dimensional tensor too) without weight decay; with ``lr_scales`` (factors of ``lr`` by
+    parameter name, e.g. layer-wise decay) one group per factor."""
+    exempt_ids: set[int] = set()
+    if not decay_norm_and_bias and weight_decay:
+        norms = {id(p) for m in module.modules() if isinstance(m, NORM_LAYERS) for p in m.parameters(recurse=False)}
+        exempt_ids = {id(p) for p in params if p.ndim <= 1 or id(p) in norms}
+    if not exempt_ids and not lr_scales:
         return params
-    norms = {id(p) for m in module.modules() if isinstance(m, NORM_LAYERS) for p in m.parameters(recurse=False)}
-    exempt = [p for p in params if p.ndim <= 1 or id(p) in norms]
-    exempt_ids = {id(p) for p in exempt}
-    decayed = [p for p in params if id(p) not in exempt_ids]
-    groups = [{"params": decayed}, {"params": exempt, "weight_decay": 0.0}]
-    return [group for group in groups if group["params"]]
+    scale_of = {id(p): (lr_scales or {}).get(name, 1.0) for name, p in module.named_parameters()}
+    groups: dict[tuple[float, bool], list[nn.Parameter]] = {}
+    for p in params:
+        groups.setdefault((scale_of.get(id(p), 1.0), id(p) in exempt_ids), []).append(p)
+    scales = list(dict.fromkeys(scale for scale, _ in groups))  # in the order of the parameters: input first
+    ordered = sorted(groups.items(), key=lambda item: (scales.index(item[0][0]), item[0][1]))
+    return [
+        {"params": group, "lr": lr * scale, **({"weight_decay": 0.0} if exempt else {})}
+        for (scale, exempt), group in ordered
+    ]
 
 
 def make_scheduler(

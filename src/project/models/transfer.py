@@ -29,6 +29,9 @@ class Transfer(ImageClassifier):
         unfreeze_at_epoch: With ``finetune: head``, unfreeze the backbone at this epoch (Lightning's
             ``BaseFinetuning``) and train it with ``lr * backbone_lr_ratio``.
         backbone_lr_ratio: Learning-rate ratio of the backbone to the head once unfrozen.
+        layer_decay: Layer-wise learning-rate decay with ``finetune: all``: the head trains at ``lr``, the layer
+            below at ``lr * layer_decay``, the one below that at ``lr * layer_decay**2``... (the layers:
+            :func:`project.models.backbones.layer_indices`).
         **kwargs: Shapes and training options of :class:`ImageClassifier`.
 
     With pretrained weights the command line normalizes inputs as the weights expect, and ``--data.image_size auto``
@@ -46,11 +49,14 @@ class Transfer(ImageClassifier):
         finetune: Literal["head", "all"] = "head",
         unfreeze_at_epoch: int | None = None,
         backbone_lr_ratio: float = 0.1,
+        layer_decay: float | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         if unfreeze_at_epoch is not None and (unfreeze_at_epoch < 0 or finetune != "head"):
             raise ValueError("unfreeze_at_epoch needs finetune='head' and a value >= 0")
+        if layer_decay is not None and (not 0 < layer_decay <= 1 or finetune != "all"):
+            raise ValueError(f"layer_decay needs finetune='all' and a value in (0, 1], got {layer_decay}")
         pretrained = weights.lower() != "none"
         hp = self.hparams
         self.network = backbones.build(backbone, hp.num_classes, tuple(hp.input_shape), pretrained)
@@ -81,6 +87,14 @@ class Transfer(ImageClassifier):
         else:
             state = backbones.pretrained_state(name, tuple(self.hparams.input_shape))
         backbones.load_into(self.network, state, "imagenet")
+
+    def lr_scales(self) -> dict[str, float]:
+        decay = self.hparams.get("layer_decay")
+        if decay is None:
+            return {}
+        layers = backbones.layer_indices(self.network, self.head_name)
+        depth = max(layers.values()) + 1
+        return {f"network.{name}": decay ** (depth - index) for name, index in layers.items()}
 
     def configure_callbacks(self) -> list[Any]:
         if self.hparams.finetune == "head" and self.hparams.unfreeze_at_epoch is not None:
