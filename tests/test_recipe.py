@@ -128,6 +128,31 @@ def test_find_batch_size_is_refused_on_cpu(tmp_path: Path, data_root: Path, caps
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
+def test_the_batch_size_found_is_trained_with_and_kept_on_resume(
+    tmp_path: Path, data_root: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The finder's GPU path, run on CPU: only the refusal is told it has a GPU. On 360 images it stops at 8192 x 0.95.
+    monkeypatch.setattr("project.cli.uses_gpu", lambda accelerator: True)
+    run = tmp_path / "run"
+    args = [*TINY, "--model", "mlp", "--data.root", str(data_root), "--accelerator", "cpu", "--find_batch_size", "true"]
+    args += ["--data.batch_size", "16", "--no_test", "true"]
+    with caplog.at_level("INFO"):
+        assert train([*args, "--run_dir", str(run)]) == 0
+    assert "Finished batch size finder" in caplog.text
+    first = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    found = first["datamodule_hyper_parameters"]["batch_size"]
+    assert found > 16 and first["global_step"] == 1  # all 360 training images in one batch
+    assert not list(run.glob(".scale_batch_size*.ckpt"))  # Lightning's temporary checkpoint is gone
+
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        assert train(["--resume", str(run), "--trainer.max_epochs", "2"]) == 0
+    assert "batch size finder" not in caplog.text  # not searched again
+    resumed = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert resumed["datamodule_hyper_parameters"]["batch_size"] == found and resumed["global_step"] == 2
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

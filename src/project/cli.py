@@ -160,6 +160,8 @@ class TemplateCLI(LightningCLI):
         # The checkpoint is read now, so that a bad file fails before training, to continue metrics.csv from its
         # step and the W&B run from its id.
         resumed = load_checkpoint_file(self.ckpt_path) if self.ckpt_path else {}
+        if resumed and config.get("find_batch_size"):
+            recipe.restore_found_batch_size(self.datamodule, resumed)
         wandb_id = resumed.get(WANDB_RUN_ID_KEY) if config["logger"] == "wandb" else None
         kwargs["logger"] = make_loggers(config["logger"], self.run_dir, WandbOptions(**config["wandb"]), wandb_id)
         rundir.continue_metrics_log(kwargs["logger"], int(resumed.get("global_step", 0)))

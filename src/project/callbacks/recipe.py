@@ -62,8 +62,18 @@ def recipe_callbacks(config: Any, run_dir: Path, resumed: bool, on_gpu: bool) ->
     if config.get("find_batch_size"):
         if not on_gpu:
             raise UserError("--find_batch_size needs a GPU: on CPU the largest batch that fits is not the limit")
-        callbacks.append(BatchSizeFinder(mode="binsearch"))
+        if not resumed:  # a resumed run trains on with the size found (restore_found_batch_size)
+            callbacks.append(BatchSizeFinder(mode="binsearch"))
     return callbacks
+
+
+def restore_found_batch_size(datamodule: L.LightningDataModule, checkpoint: dict[str, Any]) -> None:
+    """Give a resumed ``--find_batch_size`` run the batch size its finder chose, which Lightning saved with the data
+    module's hyperparameters: the checkpoint's position in the epoch counts batches of that size."""
+    found = (checkpoint.get("datamodule_hyper_parameters") or {}).get("batch_size")
+    if found and hasattr(datamodule, "batch_size"):
+        datamodule.batch_size = found
+        datamodule.hparams["batch_size"] = found
 
 
 class ReportingLRFinder(LearningRateFinder):
