@@ -7,6 +7,7 @@ torchvision, whose ``cuda`` parameters (marked ``gpu``) run them on the GPU.
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
 from pathlib import Path
@@ -15,7 +16,9 @@ from typing import Any
 import lightning as L
 import pytest
 import torch
+from conftest import TINY, run_train
 
+from project import evaluate
 from project.cli import TemplateCLI
 from project.configs import expand_args
 
@@ -108,3 +111,34 @@ def test_gpu_training_clips_gradients(data_root: Path, tmp_path: Path, precision
     assert bool(cli.trainer.optimizers[0].defaults["fused"]) is fused
     finite = [norm for norm in norms if math.isfinite(norm)]
     assert len(norms) == 10 and len(finite) >= 5 and max(finite) <= 0.05 * (1 + 1e-4), norms
+
+
+class SaveBatchNormStatistics(L.Callback):
+    """Writes this rank's first BatchNorm running mean when training ends, to compare the ranks'."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = Path(folder)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        norm = next(m for m in pl_module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm))
+        torch.save(norm.running_mean.cpu(), self.folder / f"rank{trainer.global_rank}.pt")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="synchronized BatchNorm needs two GPUs")
+@pytest.mark.parametrize("sync", [True, False])
+def test_sync_batchnorm_gives_every_rank_the_statistics_of_all_ranks_batches(
+    data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sync: bool
+) -> None:
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))
+    save = json.dumps([{"class_path": "test_gpu.SaveBatchNormStatistics", "init_args": {"folder": str(tmp_path)}}])
+    args = [*TINY, "--model", "cnn", "--data.root", str(data_root), "--accelerator", "gpu", "--devices", "2"]
+    args += ["--strategy", "ddp", "--trainer.sync_batchnorm", str(sync).lower(), "--trainer.callbacks", save]
+    result = run_train(args, cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rank0, rank1 = (torch.load(tmp_path / f"rank{rank}.pt", weights_only=True) for rank in (0, 1))
+    # Each rank normalizes its own shard: only synchronized statistics agree.
+    assert torch.allclose(rank0, rank1) == sync
+    # The checkpoint of a synchronized run is a plain BatchNorm model's: evaluate.py tests it in one process.
+    (best,) = tmp_path.glob("runs/*/checkpoints/best.ckpt")
+    assert evaluate.main(["--ckpt", str(best), "--accelerator", "gpu"]) == 0
