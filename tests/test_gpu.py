@@ -114,12 +114,15 @@ def test_gpu_training_clips_gradients(data_root: Path, tmp_path: Path, precision
 
 
 class SaveBatchNormStatistics(L.Callback):
-    """Writes this rank's first BatchNorm running mean when training ends, to compare the ranks'."""
+    """Writes this rank's first BatchNorm running mean after each training step, to compare the ranks'.
+
+    After the step, not at the end: DDP broadcasts rank 0's buffers at every forward, then each rank updates its own.
+    """
 
     def __init__(self, folder: str) -> None:
         self.folder = Path(folder)
 
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         norm = next(m for m in pl_module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm))
         torch.save(norm.running_mean.cpu(), self.folder / f"rank{trainer.global_rank}.pt")
 
