@@ -33,7 +33,8 @@ def _last_logged(run: Path, key: str) -> float:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("averaging", [["--ema_decay", "0.5"], ["--swa_lrs", "0.01", "--swa_epoch_start", "1"]])
+# --model.ema_decay=0.5: the spelling of --ema_decay, in the --flag=value form.
+@pytest.mark.parametrize("averaging", [["--model.ema_decay=0.5"], ["--swa_lrs", "0.01", "--swa_epoch_start", "1"]])
 def test_averaged_weights_are_validated_tested_checkpointed_and_exported(
     tmp_path: Path, data_root: Path, averaging: list[str]
 ) -> None:

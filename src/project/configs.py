@@ -23,6 +23,7 @@ SHORT_FLAGS = {
     "--num_nodes": "--trainer.num_nodes",
     "--max_epochs": "--trainer.max_epochs",
     "--seed": "--seed_everything",
+    "--model.ema_decay": "--ema_decay",  # a callback's, not the model's: the weights' average is Lightning's callback
 }
 
 
