@@ -193,3 +193,130 @@ def test_rng_states_of_another_process_count_restore_rank_0s_with_a_warning() ->
         assert torch.equal(torch.get_rng_state(), rank0["torch"])
         callback.on_load_checkpoint(SimpleNamespace(world_size=2, global_rank=1, strategy=strategy), None, checkpoint)
         assert torch.equal(torch.get_rng_state(), rank1["torch"])  # the same number of processes: each its own
+
+
+# ---------------------------------------------------------------------------------------------- evaluate.py
+def _torchrun_evaluate(args: list[str], tmp_path: Path, two_nodes: bool) -> list[subprocess.CompletedProcess[str]]:
+    """``scripts/evaluate.py ARGS`` under torchrun on 127.0.0.1: two nodes of one process, or one node of two."""
+    port = str(_free_port())
+    env = {**os.environ, "PYTHONWARNINGS": "ignore::DeprecationWarning"}
+    if two_nodes:
+        launches = [["--nnodes", "2", "--node_rank", str(rank), "--nproc_per_node", "1"] for rank in (0, 1)]
+    else:
+        launches = [["--nnodes", "1", "--nproc_per_node", "2"]]
+    nodes = []
+    for index, launch in enumerate(launches):
+        cwd = tmp_path / f"node{index}"  # each node's working directory: nothing may be written there
+        cwd.mkdir()
+        torchrun = [sys.executable, "-m", "torch.distributed.run", *launch, "--master_addr", "127.0.0.1"]
+        command = [*torchrun, "--master_port", port, str(REPO / "scripts" / "evaluate.py"), *args]
+        nodes.append(subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    outputs = [node.communicate(timeout=300) for node in nodes]
+    return [
+        subprocess.CompletedProcess(node.args, node.returncode, out.decode(), err.decode())
+        for node, (out, err) in zip(nodes, outputs, strict=True)
+    ]
+
+
+def _per_class(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as file:
+        return list(csv.DictReader(file))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["mnist-in-memory-two-nodes", "folder-dataloader-two-processes"])
+def test_evaluate_under_torchrun_scores_each_test_sample_once_like_one_process(tmp_path: Path, case: str) -> None:
+    from fakedata import write_image_folder, write_mnist
+
+    from project import evaluate
+    from project.cli import main as train
+
+    # Odd test sets, and batch sizes that give the ranks different numbers of batches (33 + 32 in 3 + 2 of 16;
+    # 8 + 7 in 2 + 1 of 7): a padded sampler would score a sample twice, a collective per batch would hang.
+    if case.startswith("mnist"):
+        size, data = 65, ["--data.root", str(write_mnist(tmp_path / "mnist", n_train=100, n_test=65))]
+        eval_args = ["--data.batch_size", "16"]
+    else:  # files decoded by a DataLoader, into which Lightning would inject its padded DistributedSampler
+        root = write_image_folder(tmp_path / "images", size=(16, 16), layout="split", split_counts=(6, 2, 5))
+        size, data = 15, ["--data", "folder", "--data.root", str(root), "--data.image_size", "16"]
+        data += ["--data.cache", "never", "--data.num_workers", "0"]
+        eval_args = ["--data.batch_size", "7"]
+    run = tmp_path / "shared" / "run"
+    assert train([*TINY, *data, "--run_dir", str(run)]) == 0
+    best = str(run / "checkpoints" / "best.ckpt")
+    single = tmp_path / "single" / "eval.json"
+    common = ["--ckpt", best, "--accelerator", "cpu", *eval_args]
+    assert evaluate.main([*common, "--output", str(single)]) == 0
+    expected = json.loads(single.read_text())
+
+    results = _torchrun_evaluate(common, tmp_path, two_nodes=case.endswith("two-nodes"))
+    for result in results:
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert [list(cwd.iterdir()) for cwd in sorted(tmp_path.glob("node*"))] == [[]] * len(results)
+    written = [line for result in results for line in result.stdout.splitlines() if line.startswith("written:")]
+    assert written == [f"written: {run / 'eval' / 'eval.json'} and the dashboard in {run / 'eval' / 'test'}"]
+    if len(results) == 2:
+        assert written[0] in results[0].stdout and "MEMBER: 2/2" in results[1].stderr  # rank 1 took part, silently
+    assert sorted(path.name for path in (run / "eval").iterdir()) == ["eval.json", "test"]
+    result = json.loads((run / "eval" / "eval.json").read_text())
+    assert result["test_acc"] == expected["test_acc"]
+    assert result["test_loss"] == pytest.approx(expected["test_loss"], rel=1e-6)  # summed in another order
+    assert result["metrics"] == pytest.approx(expected["metrics"], rel=1e-6)
+    # The dashboard counted every test sample once, and scores them as the single process did.
+    rows = _per_class(run / "eval" / "test" / "per_class.csv")
+    assert sum(int(row["support"]) for row in rows) == size
+    assert rows == _per_class(single.parent / "test" / "per_class.csv")
+
+
+def test_evaluate_takes_devices_and_nodes_from_torchrun_and_stays_one_device_without_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from project import distributed_eval
+    from project.errors import UserError
+
+    for name in ("TORCHELASTIC_RUN_ID", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("RANK", "3")  # e.g. one of several tasks of a SLURM step
+    assert distributed_eval.trainer_options() == {"devices": 1}  # a plain process, as before
+    assert distributed_eval.is_global_zero()
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "eval")
+    for name, value in {"WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1", "GROUP_WORLD_SIZE": "1"}.items():
+        monkeypatch.setenv(name, value)
+    assert distributed_eval.trainer_options() == {"devices": 1}  # torchrun with one process
+    for name, value in {"WORLD_SIZE": "8", "LOCAL_WORLD_SIZE": "4", "GROUP_WORLD_SIZE": "2"}.items():
+        monkeypatch.setenv(name, value)
+    ddp = {"strategy": "ddp", "devices": 4, "num_nodes": 2, "use_distributed_sampler": False}
+    assert distributed_eval.trainer_options() == ddp
+    assert not distributed_eval.is_global_zero()
+    monkeypatch.setenv("RANK", "0")
+    assert distributed_eval.is_global_zero()
+    monkeypatch.setenv("WORLD_SIZE", "6")  # nodes started with different --nproc_per_node
+    with pytest.raises(UserError, match="the same --nproc_per_node"):
+        distributed_eval.trainer_options()
+
+
+def test_evaluate_refuses_test_loaders_it_cannot_split_without_repeats() -> None:
+    from types import SimpleNamespace
+
+    from torch.utils.data import DataLoader, IterableDataset, TensorDataset
+
+    from project import distributed_eval
+    from project.datamodules.loaders import InMemoryLoader
+    from project.errors import UserError
+
+    trainer = SimpleNamespace(world_size=3, distributed_sampler_kwargs={"num_replicas": 3, "rank": 2})
+    with pytest.raises(UserError, match="the test set has 2 sample"):
+        distributed_eval.shard(DataLoader(TensorDataset(torch.arange(2))), trainer)
+
+    class Stream(IterableDataset):
+        def __iter__(self):
+            return iter(range(5))
+
+    for loader in (DataLoader(Stream()), [torch.zeros(2)]):
+        with pytest.raises(UserError, match="cannot split a .* test loader between 3 processes"):
+            distributed_eval.shard(loader, trainer)
+    loader = DataLoader(TensorDataset(torch.arange(7)), batch_size=2)
+    assert [batch[0].tolist() for batch in distributed_eval.shard(loader, trainer)] == [[2, 5]]  # rank 2 of 3
+    in_memory = InMemoryLoader(torch.zeros(7, 1), torch.arange(7), batch_size=2, rank=2, world_size=3)
+    assert distributed_eval.shard(in_memory, trainer) is in_memory  # it shards itself

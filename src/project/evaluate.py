@@ -7,6 +7,9 @@ therefore repeats the run's own test: the same ``test_acc`` and ``test_loss`` as
 
 The metrics are printed and written to ``<run>/eval/eval.json`` (or ``--output FILE``), with the classification
 dashboard (confusion matrix, per-class scores, worst predictions) next to it under ``test/``.
+
+Under torchrun (one node or several) each process tests its own share of the test set and global rank 0 writes
+and prints the synchronized results, the same as one process's (:mod:`project.distributed_eval`).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import lightning as L
 import yaml
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 
-from project import fastpath
+from project import distributed_eval, fastpath
 from project.callbacks.dashboard import ClassificationDashboard
 from project.checkpoint import load_checkpoint_file, model_from_checkpoint
 from project.configs import short_names
@@ -134,7 +137,7 @@ def evaluate(
     try:
         trainer = L.Trainer(
             accelerator=accelerator,
-            devices=1,
+            **distributed_eval.trainer_options(),
             precision=resolve_precision(precision, accelerator),
             logger=False,
             profiler=speed["profiler"],
@@ -147,6 +150,7 @@ def evaluate(
     except (MisconfigurationException, ValueError) as error:
         raise UserError(first_line(error)) from None
     fastpath.install(trainer, model, datamodule)
+    distributed_eval.distribute(trainer, datamodule)
     metrics = trainer.test(model, datamodule=datamodule, verbose=False)[0]
     result = {
         "checkpoint": str(Path(checkpoint).resolve()),
@@ -158,9 +162,10 @@ def evaluate(
         "dashboard": str(output.parent / "test"),
         "output": str(output),
     }
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(result, indent=2, default=str) + "\n")
-    _warn_if_preprocessing_differs(model, datamodule)
+    if trainer.is_global_zero:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps(result, indent=2, default=str) + "\n")
+        _warn_if_preprocessing_differs(model, datamodule)
     return result
 
 
@@ -197,10 +202,11 @@ def _main(argv: list[str]) -> int:
     overrides = parse_overrides(rest)
     check_gpu(args.accelerator)
     result = evaluate(args.ckpt, args.data, overrides, args.accelerator, args.precision, args.output)
-    print(
-        f"test acc {100 * result['test_acc']:.2f}% | test loss {result['test_loss']:.4f} | data {result['data']}\n"
-        f"written: {result['output']} and the dashboard in {result['dashboard']}"
-    )
+    if distributed_eval.is_global_zero():
+        print(
+            f"test acc {100 * result['test_acc']:.2f}% | test loss {result['test_loss']:.4f} | data {result['data']}\n"
+            f"written: {result['output']} and the dashboard in {result['dashboard']}"
+        )
     return 0
 
 
