@@ -137,32 +137,3 @@ def test_lightning_pads_a_ddp_test_set_unless_told_not_to_and_without_repeats_sp
     assert all(type(shard) is DataLoader and shard.collate_fn is collate for shard in shards)
     batches = [[batch.tolist() for batch in shard] for shard in shards]
     assert batches == [[[0, 2], [4, 6]], [[1, 3], [5]]]  # each sample once, in order; ranks differ by a sample
-
-
-def test_lightning_counts_logged_means_in_integers_and_exact_logged_means_counts_them_in_floats() -> None:
-    # Lightning averages an int64 count over the ranks, which floors (issue #21859); evaluate.py under torchrun
-    # turns it into a float after every test batch, since the epoch's value is computed before on_test_epoch_end.
-    from torch.utils.data import DataLoader, TensorDataset
-
-    seen: dict[str, object] = {}
-
-    class LogMean(L.LightningModule):
-        def test_step(self, batch, batch_idx) -> None:
-            self.log("test/x", batch[0].float().mean(), sync_dist=True)
-
-    def logged(trainer):
-        return next(r for r in trainer._results.values() if r.meta.name == "test/x")
-
-    class Exact(L.Callback):
-        def on_test_batch_end(self, trainer, *args, **kwargs) -> None:
-            seen.setdefault("dtype", logged(trainer).cumulated_batch_size.dtype)
-            compat.exact_logged_means(trainer)
-
-        def on_test_epoch_end(self, trainer, pl_module) -> None:
-            seen["computed"], seen["count"] = logged(trainer)._computed, logged(trainer).cumulated_batch_size
-
-    loader = DataLoader(TensorDataset(torch.arange(7)), batch_size=2)
-    (result,) = quiet_trainer(callbacks=[Exact()]).test(LogMean(), dataloaders=loader, verbose=False)
-    assert seen["dtype"] == torch.int64  # the count as Lightning keeps it
-    assert seen["count"].dtype == torch.float32 and seen["count"].item() == 7.0
-    assert seen["computed"] is not None and seen["computed"].item() == result["test/x"] == 3.0  # weighted by batch

@@ -16,7 +16,6 @@ from typing import Any
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSamplerWrapper
 from lightning.pytorch.plugins.precision import MixedPrecision, Precision
-from lightning.pytorch.trainer.connectors.logger_connector.result import _ResultMetric
 from lightning.pytorch.trainer.states import RunningStage
 from lightning.pytorch.utilities.data import _update_dataloader
 from torch.utils.data import DataLoader
@@ -118,19 +117,3 @@ def without_repeats(loader: DataLoader, num_replicas: int, rank: int) -> DataLoa
     """
     sampler = UnrepeatedDistributedSamplerWrapper(loader.sampler, num_replicas=num_replicas, rank=rank, shuffle=False)
     return _update_dataloader(loader, sampler, mode=RunningStage.TESTING)
-
-
-def exact_logged_means(trainer: Any) -> None:
-    """Have the trainer's logged means (``self.log(..., sync_dist=True)``) average their sample counts as floats.
-
-    Lightning (2.6) keeps the sample count of each logged mean (``_ResultMetric.cumulated_batch_size``) in an int64
-    tensor and averages it over the ranks when the epoch's value is computed, which floors: when the ranks' counts
-    differ (a test set split without repeats, see :func:`without_repeats`) the mean comes out too large. Lightning
-    issue #21859; this is the fix of its pull request #21839, applied to the private results of the running loop.
-    Call it from an ``on_*_batch_end`` hook: the epoch's values are computed after the last batch, before any
-    ``on_*_epoch_end`` hook; once a count is a float, adding the next batch sizes keeps it one.
-    """
-    for result in (trainer._results or {}).values():
-        mean = isinstance(result, _ResultMetric) and result.is_tensor and result.meta.is_mean_reduction
-        if mean and not result.cumulated_batch_size.is_floating_point():
-            result.cumulated_batch_size = result.cumulated_batch_size.to(result.value.dtype)

@@ -5,8 +5,7 @@ torchrun starts the processes and sets ``WORLD_SIZE``, ``LOCAL_WORLD_SIZE``, ``G
 ``Trainer`` is given the matching ``devices`` and ``num_nodes`` with the DDP strategy (gloo on CPU, NCCL on GPUs).
 Every sample of the test set is scored by exactly one rank, and everything evaluate.py writes is synchronized
 across the ranks before rank 0 writes it: the accuracy and the dashboard's confusion matrix, per-class scores and
-worst predictions by torchmetrics, the mean loss by Lightning's ``sync_dist`` (sums and counts of every rank,
-the counts as floats: :func:`project.compat.exact_logged_means`).
+worst predictions, and the mean loss (a ``MeanMetric`` of the per-sample losses), by torchmetrics.
 """
 
 from __future__ import annotations
@@ -16,7 +15,6 @@ from typing import Any
 
 import lightning as L
 from lightning.fabric.plugins.environments import TorchElasticEnvironment
-from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader, DistributedSampler, IterableDataset
 
 from project import compat
@@ -48,19 +46,10 @@ def trainer_options() -> dict[str, Any]:
     return {"strategy": "ddp", "devices": devices, "num_nodes": nodes, "use_distributed_sampler": False}
 
 
-class ExactLoggedMeans(Callback):
-    """Lightning averages the logged means' sample counts over the ranks in integers: compat.exact_logged_means."""
-
-    def on_test_batch_end(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
-        compat.exact_logged_means(trainer)
-
-
 def distribute(trainer: L.Trainer, datamodule: L.LightningDataModule) -> None:
-    """With several processes: ``datamodule``'s test loader gives each rank its own samples, none twice, and the
-    logged means (the loss) are the means over all of them."""
+    """With several processes: ``datamodule``'s test loader gives each rank its own samples, none twice."""
     if trainer.world_size == 1:
         return
-    trainer.callbacks.append(ExactLoggedMeans())
     test_dataloader = datamodule.test_dataloader
 
     def sharded_test_dataloader() -> Any:

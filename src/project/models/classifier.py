@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 import lightning as L
 import torch
 from torch import Tensor, nn
+from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from project import fastpath
@@ -90,6 +91,10 @@ class ImageClassifier(FastHookBookkeeping, L.LightningModule):
         # validate_args=False: its checks wait for the GPU at every step; the labels were checked when loaded.
         self.val_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
         self.test_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
+        # Sums over samples, synchronized by torchmetrics: exact with shards of unequal size (Lightning's own
+        # sync_dist means floor their sample counts, Lightning 2.6 issue #21859). No NaN check: it would wait for
+        # the GPU at every batch, and a NaN loss should show.
+        self.val_loss, self.test_loss = MeanMetric(nan_strategy="disable"), MeanMetric(nan_strategy="disable")
         self.train_means = TrainingMeans()
         # A buffer, not a float: saved in checkpoints, so a resumed run keeps its best value.
         self.register_buffer("best_val_acc", torch.tensor(0.0))
@@ -117,17 +122,21 @@ class ImageClassifier(FastHookBookkeeping, L.LightningModule):
         self.train_means.reset()
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
-        return self._evaluate(batch, "val", self.val_acc)
+        return self._evaluate(batch, "val", self.val_acc, self.val_loss)
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
-        return self._evaluate(batch, "test", self.test_acc)
+        return self._evaluate(batch, "test", self.test_acc, self.test_loss)
 
-    def _evaluate(self, batch: tuple[Tensor, Tensor], stage: str, accuracy: MulticlassAccuracy) -> dict[str, Tensor]:
+    def _evaluate(
+        self, batch: tuple[Tensor, Tensor], stage: str, accuracy: MulticlassAccuracy, mean_loss: MeanMetric
+    ) -> dict[str, Tensor]:
         images, targets = batch
         logits = self(images)
-        loss = nn.functional.cross_entropy(logits, targets)  # without label smoothing: comparable across runs
+        # Without label smoothing: comparable across runs.
+        losses = nn.functional.cross_entropy(logits, targets, reduction="none")
         accuracy.update(logits, targets)
-        self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=stage == "val", sync_dist=True)
+        mean_loss.update(losses)
+        self.log(f"{stage}/loss", mean_loss, on_epoch=True, prog_bar=stage == "val")
         self.log(f"{stage}/acc", accuracy, on_epoch=True, prog_bar=stage == "val")
         return {"logits": logits.detach(), "targets": targets}  # for the classification dashboard
 
