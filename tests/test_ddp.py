@@ -28,7 +28,8 @@ def test_ddp_on_two_cpu_processes_stops_resumes_and_matches_one_process(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, data_root: Path
 ) -> None:
     ddp = ["--accelerator", "cpu", "--devices", "2", "--strategy", "ddp"]  # as configs/trainer/ddp_cpu.yaml
-    args = [*TINY, *WHOLE_SETS, *ddp, "--data.root", str(data_root), "--max_epochs", "2"]
+    # 41 validation images: shards of 21 and 20, whose means only exact sums and counts combine right.
+    args = [*TINY, *WHOLE_SETS, *ddp, "--data.root", str(data_root), "--max_epochs", "2", "--data.val_size", "41"]
     # SIGTERM to rank 0 alone after step 5: the ranks agree at step 10 (they compare every 10 steps) and stop.
     monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))
     stop = json.dumps([{"class_path": "test_resume.SignalAtStep", "init_args": {"step": 5, "rank": 0}}])
@@ -45,7 +46,7 @@ def test_ddp_on_two_cpu_processes_stops_resumes_and_matches_one_process(
     assert list((tmp_path / "runs").iterdir()) == [run]
     summary = json.loads((run / "summary.json").read_text())
     assert summary["devices"] == 2
-    # 360 training images: each rank takes its 180 (every other sample), 12 batches of 16 per epoch, not 23.
+    # 359 training images: each rank takes its 180 or 179 (every other sample), 12 batches of 16 per epoch, not 23.
     assert summary["global_step"] == 2 * 12
     assert sorted(path.name for path in (run / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
 
@@ -53,7 +54,7 @@ def test_ddp_on_two_cpu_processes_stops_resumes_and_matches_one_process(
     best = run / "checkpoints" / "best.ckpt"
     model = load_model(best)
     trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False)
-    datamodule = MNISTDataModule(root=str(data_root), batch_size=16, val_size=0.1)
+    datamodule = MNISTDataModule(root=str(data_root), batch_size=16, val_size=41)
     test = trainer.test(model, datamodule=datamodule, verbose=False)[0]
     assert test["test/acc"] == summary["test_acc"]
     assert test["test/loss"] == pytest.approx(summary["test_loss"], rel=1e-6)  # summed in another order
