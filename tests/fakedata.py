@@ -7,14 +7,12 @@ model can learn it: either a coloured blob whose position encodes the class (``s
 scikit-learn's 8x8 handwritten digits, upscaled (``source="digits"``).
 
 A test helper, not part of the installed package: tests import it as ``fakedata`` (``tests/`` is on their path), the
-benchmark through ``benchmarks/common.py``.
+benchmark through ``benchmarks/common.py``. The writers are here; what the images show is made in ``fakedata_content``,
+the bytes of each format in ``fakedata_formats``. Import the public names from ``fakedata``.
 """
 
 from __future__ import annotations
 
-import colorsys
-import pickle
-import struct
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -22,26 +20,19 @@ from urllib.parse import urlparse
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from PIL import Image
+from fakedata_content import Source, _class_names, _dataset, _digits_dataset, _random_images
+from fakedata_formats import CIFAR10_CLASSES, _cifar_batch, _dump_py2, _save_image, _to_mode, _write_idx
 from torchvision.models import ResNet18_Weights, resnet18
 
-Source = Literal["random", "digits"]
-
-CIFAR10_CLASSES: tuple[bytes, ...] = (
-    b"airplane",
-    b"automobile",
-    b"bird",
-    b"cat",
-    b"deer",
-    b"dog",
-    b"frog",
-    b"horse",
-    b"ship",
-    b"truck",
-)
-_NUM_CLASSES = 10
-_SHIFTS = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3) if (dy, dx) != (0, 0)]
+__all__ = [
+    "CIFAR10_CLASSES",
+    "Source",
+    "write_cifar10",
+    "write_image_folder",
+    "write_mnist",
+    "write_resnet18_weights",
+    "write_torchvision_weights",
+]
 
 
 def write_mnist(
@@ -159,193 +150,4 @@ def write_torchvision_weights(torch_home: str | Path, name: str, seed: int = 0) 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         torch.save(torchvision.models.get_model(name, weights=None).state_dict(), path)
-    return path
-
-
-def _dataset(
-    counts: Sequence[int],
-    digit_shape: tuple[int, int],
-    canvas: tuple[int, int],
-    channels: int,
-    source: Source,
-    rng: np.random.Generator,
-) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Disjoint splits of 10-class images, each as (uint8 array (N, C, H, W), int64 labels)."""
-    if source == "digits":
-        return _digits_dataset(counts, digit_shape, canvas, channels, rng)
-    if source != "random":
-        raise ValueError(f"source must be 'random' or 'digits', not {source!r}")
-    splits = []
-    for n in counts:
-        labels = rng.permutation(np.arange(n) % _NUM_CLASSES)
-        splits.append((_random_images(labels, _NUM_CLASSES, canvas, channels, rng), labels))
-    return splits
-
-
-def _random_images(
-    labels: np.ndarray, n_classes: int, shape: tuple[int, int], channels: int, rng: np.random.Generator
-) -> np.ndarray:
-    """Noisy images with a blob whose position (and, in colour, hue) is set by the label."""
-    h, w = shape
-    angle = 2 * np.pi * labels / n_classes
-    radius, sigma = 0.25 * min(h, w), 0.12 * min(h, w)
-    cy = (h - 1) / 2 + radius * np.sin(angle) + rng.normal(0, 0.04 * h, len(labels))
-    cx = (w - 1) / 2 + radius * np.cos(angle) + rng.normal(0, 0.04 * w, len(labels))
-    yy, xx = np.mgrid[:h, :w]
-    dist2 = (yy - cy[:, None, None]) ** 2 + (xx - cx[:, None, None]) ** 2
-    blob = np.exp(-dist2 / (2 * sigma**2))[:, None]
-    if channels == 3:
-        hues = [colorsys.hsv_to_rgb(k / n_classes, 0.8, 1.0) for k in range(n_classes)]
-        blob = blob * np.asarray(hues)[labels][:, :, None, None]
-    noisy = 0.8 * blob + rng.uniform(0, 0.25, (len(labels), channels, h, w))
-    return _to_uint8(noisy)
-
-
-def _digits_dataset(
-    counts: Sequence[int],
-    digit_shape: tuple[int, int],
-    canvas: tuple[int, int],
-    channels: int,
-    rng: np.random.Generator,
-    only: int | None = None,
-) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Splits of scikit-learn's digits (only one digit if ``only`` is set), upscaled and centred."""
-    from sklearn.datasets import load_digits  # optional dependency, needed only here
-
-    digits = load_digits()
-    images, labels = digits.images.astype(np.float32) / 16.0, digits.target.astype(np.int64)
-    pool = rng.permutation(len(labels))
-    if only is not None:
-        pool = pool[labels[pool] == only]
-    splits = []
-    for idx, repeated in _split_pool(pool, counts):
-        gray = _render_digits(images[idx], repeated, digit_shape, canvas, rng)
-        chw = gray[:, None] if channels == 1 else _tint(gray, rng)
-        splits.append((_to_uint8(chw), labels[idx]))
-    return splits
-
-
-def _split_pool(pool: np.ndarray, counts: Sequence[int]) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Cut ``pool`` into disjoint parts of the requested sizes, cycling a part that is too small.
-
-    Returns, per part, the indices and a mask of the entries that repeat an earlier one.
-    """
-    total = sum(counts)
-    if total > len(pool):
-        # Share the pool in proportion, so that splits stay disjoint however much is asked for.
-        counts_in_pool = [max(1, len(pool) * c // total) if c else 0 for c in counts]
-    else:
-        counts_in_pool = list(counts)
-    bounds = np.cumsum([0, *counts_in_pool])
-    parts = []
-    for start, stop, count in zip(bounds[:-1], bounds[1:], counts, strict=True):
-        part = pool[start:stop]
-        parts.append((np.resize(part, count), np.arange(count) >= len(part)))
-    return parts
-
-
-def _render_digits(
-    images: np.ndarray,
-    repeated: np.ndarray,
-    digit_shape: tuple[int, int],
-    canvas: tuple[int, int],
-    rng: np.random.Generator,
-) -> np.ndarray:
-    """Upscale 8x8 digits to ``digit_shape``, centre them on ``canvas``, shift the repeated ones."""
-    out = np.zeros((len(images), *canvas), dtype=np.float32)
-    if len(images) == 0:
-        return out
-    small = torch.from_numpy(images).unsqueeze(1)
-    big = F.interpolate(small, size=digit_shape, mode="bilinear", align_corners=False).squeeze(1).numpy()
-    top, left = (canvas[0] - digit_shape[0]) // 2, (canvas[1] - digit_shape[1]) // 2
-    out[:, top : top + digit_shape[0], left : left + digit_shape[1]] = big
-    for i in np.flatnonzero(repeated):
-        out[i] = np.roll(out[i], _SHIFTS[rng.integers(len(_SHIFTS))], axis=(0, 1))
-    return out
-
-
-def _tint(gray: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Colour grayscale images (N, H, W): a random ink colour on a random dark background."""
-    ink = rng.uniform(0.35, 1.0, (len(gray), 3, 1, 1))
-    background = rng.uniform(0.0, 0.2, (len(gray), 3, 1, 1))
-    g = gray[:, None]
-    return g * ink + (1 - g) * background
-
-
-def _to_uint8(images: np.ndarray) -> np.ndarray:
-    return np.round(np.clip(images, 0, 1) * 255).astype(np.uint8)
-
-
-def _write_idx(path: Path, data: np.ndarray) -> None:
-    """Write an uncompressed IDX file: big-endian magic 0x08 (unsigned byte) << 8 | ndim, dims, data."""
-    header = struct.pack(f">I{data.ndim}I", 0x0800 | data.ndim, *data.shape)
-    path.write_bytes(header + np.ascontiguousarray(data, dtype=np.uint8).tobytes())
-
-
-def _cifar_batch(label: str, images: np.ndarray, labels: np.ndarray, first: int) -> dict[bytes, object]:
-    names = [f"{CIFAR10_CLASSES[y].decode()}_s_{first + i:06d}.png".encode() for i, y in enumerate(labels)]
-    return {
-        b"batch_label": label.encode(),
-        b"labels": [int(y) for y in labels],
-        # (N, 3, 32, 32) in C order flattens to the R, G and B planes one after another, as in CIFAR-10.
-        b"data": np.ascontiguousarray(images).reshape(len(images), 3 * 32 * 32),
-        b"filenames": names,
-    }
-
-
-class _Py2Pickler(pickle._Pickler):
-    """Pickles ``bytes`` as Python 2 ``str``, as the original CIFAR-10 files do.
-
-    Python 3 pickles ``bytes`` as a call that always loads back as ``bytes``; a Python 2 ``str`` loads as
-    ``bytes`` with ``encoding="bytes"`` and as ``str`` with ``encoding="latin1"`` (torchvision's choice).
-    The C pickler cannot be told to do this, hence the pure-Python one.
-    """
-
-    dispatch = pickle._Pickler.dispatch.copy()
-
-    def _save_py2_str(self, obj: bytes) -> None:
-        if len(obj) < 256:
-            self.write(pickle.SHORT_BINSTRING + bytes([len(obj)]) + obj)
-        else:
-            self.write(pickle.BINSTRING + struct.pack("<i", len(obj)) + obj)
-        self.memoize(obj)
-
-    dispatch[bytes] = _save_py2_str
-
-
-def _dump_py2(path: Path, obj: object) -> None:
-    with path.open("wb") as f:
-        _Py2Pickler(f, protocol=2).dump(obj)
-
-
-def _class_names(classes: Sequence[str] | None, source: Source) -> list[str]:
-    if source == "digits":
-        names = list(classes) if classes is not None else [str(d) for d in range(_NUM_CLASSES)]
-        if not all(name in {str(d) for d in range(_NUM_CLASSES)} for name in names):
-            raise ValueError(f"with source='digits' the classes must be '0'..'9', not {names}")
-        return names
-    if source != "random":
-        raise ValueError(f"source must be 'random' or 'digits', not {source!r}")
-    return list(classes) if classes is not None else ["cat", "dog", "frog"]
-
-
-def _to_mode(rgb: np.ndarray, mode: str) -> Image.Image:
-    """Convert an (H, W, 3) uint8 image to a PIL image of ``mode``."""
-    image = Image.fromarray(rgb)
-    if mode == "I;16":
-        return Image.fromarray(np.asarray(image.convert("L"), dtype=np.uint16) * 257)
-    if mode == "P":
-        return image.convert("P", palette=Image.Palette.ADAPTIVE)
-    if mode in ("RGB", "L", "RGBA"):
-        return image.convert(mode)
-    raise ValueError(f"unsupported image mode {mode!r}")
-
-
-def _save_image(image: Image.Image, path: Path) -> Path:
-    """Save ``image``, as PNG if its mode does not fit the format of ``path``; return the path used."""
-    try:
-        image.save(path)
-    except OSError:
-        path = path.with_suffix(".png")
-        image.save(path)
     return path

@@ -1,8 +1,9 @@
 """What only a GPU can show: batches that never leave the device, channels-last conv nets, no host sync per step.
 
 Every test here is marked ``gpu`` and skipped where no CUDA GPU is present (see conftest.py). The same checks on
-the CPU, where they apply, live in test_data_path.py; so do the comparisons of the batch augmentation with
-torchvision, whose ``cuda`` parameters (marked ``gpu``) run them on the GPU.
+the CPU, where they apply, live in test_in_memory_path.py and test_step_cost.py; the comparisons of the batch
+augmentation with torchvision, in test_batch_augment.py, run on the GPU too through their ``cuda`` parameters (marked
+``gpu``).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The command line end to end: short names, class paths, configs, overrides, the run directory, errors."""
+"""Training from the command line: short names, class paths, configs, overrides, recipes, the run directory."""
 
 from __future__ import annotations
 
@@ -11,24 +11,12 @@ import lightning as L
 import pytest
 import torch
 import yaml
-from conftest import TINY, run_train
+from cli_helpers import _train
+from conftest import TINY
 
 from project.cli import main
 from project.configs import expand_args, short_names
 from project.options import constructor_args, import_class
-
-
-def _only_run(runs: Path) -> Path:
-    run_dirs = [path for path in runs.iterdir() if path.is_dir()]
-    assert len(run_dirs) == 1, run_dirs
-    return run_dirs[0]
-
-
-def _train(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *args: str) -> tuple[int, Path | None]:
-    monkeypatch.chdir(tmp_path)
-    code = main([*TINY, *args])
-    runs = tmp_path / "runs"
-    return code, _only_run(runs) if runs.exists() and any(runs.iterdir()) else None
 
 
 def test_short_names_come_from_configs() -> None:
@@ -190,156 +178,6 @@ def test_every_model_trains_on_every_data_set(
 
     network = load_model(run / "checkpoints" / "last.ckpt")
     assert network(torch.zeros(2, *hparams["input_shape"])).shape == (2, hparams["num_classes"])
-
-
-# ---------------------------------------------------------------------------------------------- bad config
-@pytest.mark.parametrize(
-    ("args", "expected"),
-    [
-        (["--data.val_size", "400"], "leaves no training images: the training split has 400"),
-        (["--data.val_size", "0.9999"], "--data.val_size 0.9999 leaves no training images"),
-        (["--data.val_size", "-1"], "val_size must not be negative"),
-        (["--data.image_size", "-3"], "image_size must be positive"),
-        (["--data.eval_batch_size", "0"], "batch_size must be at least 1"),
-        (["--model.lr", "-0.1"], "lr must be positive, got -0.1"),
-        (["--model.label_smoothing", "1.5"], "label_smoothing must be in [0, 1), got 1.5"),
-        (["--data.batch_size", "many"], "--data.batch_size"),
-        (["--trainer.max_epochs", "1.5"], "--trainer.max_epochs"),
-        (["--data.no_such_option", "1"], "no_such_option"),
-        (["--trainer.no_such_option", "1"], "no_such_option"),
-        (["--config", "unknown_key.yaml"], "nonsense"),
-        (["--model.lr", "fast"], "model.lr"),
-        (["--trainer.max_epochs", "-5"], "max_epochs"),
-        (["--data.batch_size", "0"], "batch_size must be at least 1"),
-        (["--model.no_such_option", "1"], "no_such_option"),
-        # Refused by Lightning once it sees the data, as fit starts: a raised MisconfigurationException, a ValueError.
-        (["--trainer.limit_val_batches", "0.0001"], "limit_val_batches"),
-        (["--trainer.val_check_interval", "100"], "val_check_interval"),
-    ],
-)
-def test_impossible_config_is_one_line_exit_2_before_training(
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-    data_root: Path,
-    args: list[str],
-    expected: str,
-) -> None:
-    (tmp_path / "unknown_key.yaml").write_text(yaml.safe_dump({"model": {"init_args": {"nonsense": 1}}}))
-    monkeypatch.chdir(tmp_path)
-    assert main([*TINY, "--data.root", str(data_root), *args]) == 2
-    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and expected in errors[0], errors
-    assert not list(tmp_path.glob("runs/*/checkpoints")) and not list(tmp_path.glob("runs/*/metrics.csv"))
-
-
-# ---------------------------------------------------------------------------------------------- as a user runs it
-def test_resnet_defaults_to_cifar10_from_the_real_script(tmp_path: Path, data_root: Path) -> None:
-    result = run_train(["--model", "resnet", *TINY, "--data.root", str(data_root)], cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-2000:]
-    summary = json.loads(next((tmp_path / "runs").glob("*/summary.json")).read_text())
-    assert summary["data"] == "project.datamodules.CIFAR10DataModule"
-    assert "run directory:" in result.stdout and "test acc" in result.stdout
-
-
-@pytest.mark.parametrize(
-    ("args", "expected"),
-    [
-        (
-            ["--model", "transformer"],
-            "unknown --model 'transformer': choose one of cnn, ",
-        ),
-        (["--data", "imagenet"], "unknown --data 'imagenet': choose one of cifar10, folder, mnist"),
-        (
-            ["--data.root", "/nonexistent/data", "--data.download", "false"],
-            "MNIST is not in /nonexistent/data",
-        ),
-        pytest.param(
-            ["--accelerator", "gpu"],
-            "no CUDA GPU is available",
-            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present here"),
-        ),
-        (["--model", "resnet", "--model.weights", "/nonexistent.pth"], "--model.weights: no such file"),
-        (["--model", "transfer", "--model.backbone", "resnet19"], "unknown backbone 'resnet19'; did you mean resnet18"),
-    ],
-)
-def test_user_mistakes_are_one_line_errors_with_exit_code_2(
-    tmp_path: Path, args: list[str], expected: str, data_root: Path
-) -> None:
-    if "--data.root" not in args:
-        args = [*args, "--data.root", str(data_root)]
-    result = run_train([*TINY, *args], cwd=tmp_path)
-    assert result.returncode == 2, result.stderr[-2000:]
-    assert "Traceback" not in result.stderr
-    error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(error_lines) == 1, result.stderr
-    assert expected in error_lines[0]
-    # A run that fails on a mistake before saving anything leaves no run directory behind.
-    runs = tmp_path / "runs"
-    assert not runs.exists() or not any(runs.iterdir()), list(runs.iterdir())
-
-
-def test_missing_imagenet_weights_say_where_to_put_them(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, data_root: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    import torchvision.models._api as weights_api
-
-    def no_network(*args: object, **kwargs: object) -> None:
-        raise OSError("network unreachable")
-
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-cache"))
-    monkeypatch.setattr(weights_api, "load_state_dict_from_url", no_network)
-    code, run = _train(tmp_path, monkeypatch, "--model", "resnet", "--data.root", str(data_root))
-    assert code == 2 and run is None
-    error = capsys.readouterr().err
-    assert str(tmp_path / "empty-cache" / "hub" / "checkpoints" / "resnet18-f37072fd.pth") in error
-
-
-@pytest.mark.gpu
-def test_gpu_run_uses_bf16_and_keeps_the_data_on_the_device(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, data_root: Path
-) -> None:
-    from project.cli import TemplateCLI
-    from project.training import train
-
-    monkeypatch.chdir(tmp_path)
-    cli = TemplateCLI(expand_args([*TINY, "--model", "cnn", "--data.root", str(data_root), "--accelerator", "gpu"]))
-    summary = train(cli)
-    assert summary["accelerator"] == "cuda"
-    expected = "bf16-mixed" if torch.cuda.is_bf16_supported() else "32-true"
-    assert summary["precision"] == expected
-    # The splits were moved to the GPU once, and a batch reaches the model without a copy.
-    images, labels = cli.datamodule.splits["train"]
-    assert images.device.type == labels.device.type == "cuda"
-    batch = next(iter(cli.datamodule.train_dataloader()))
-    moved = cli.datamodule.transfer_batch_to_device(batch, images.device, 0)
-    assert moved[0].data_ptr() == batch[0].data_ptr() and moved[0].device.type == "cuda"
-
-
-def test_lightning_advertisement_is_dropped_and_its_other_messages_kept() -> None:
-    import logging
-
-    from lightning import Trainer
-
-    import project.cli  # noqa: F401 - installs the filter
-
-    records: list[str] = []
-
-    class Collect(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            records.append(record.getMessage())
-
-    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
-    handler, level = Collect(), logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    try:
-        Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
-    assert any("GPU available" in message for message in records), records
-    assert not any("litlogger" in message for message in records), records
 
 
 def test_a_model_recipe_sets_its_epochs_and_any_flag_overrides_it(

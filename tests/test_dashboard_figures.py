@@ -1,43 +1,25 @@
-"""The classification dashboard: what it keeps, when it draws, what the files say, and that they are legible."""
+"""The dashboard's figures: when they are drawn, that the files show what they say, and that they are legible."""
 
 from __future__ import annotations
 
-import csv
-import json
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-import torch
-from conftest import TINY, quiet_trainer, run_train
+from conftest import quiet_trainer
 from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 from PIL import Image
 from torchvision import datasets
 
 from project import plots
-from project.callbacks.dashboard import ClassificationDashboard, WorstPredictions
-from project.cli import main
+from project.callbacks.dashboard import ClassificationDashboard
 from project.datamodules import MNISTDataModule
 from project.models import MLP
 
 CIFAR_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-
-
-def _logits(preds: list[int], confidences: list[float], num_classes: int = 3) -> torch.Tensor:
-    """Logits whose softmax gives ``confidence`` to class ``pred`` and shares the rest evenly."""
-    probs = torch.zeros(len(preds), num_classes)
-    for row, (pred, confidence) in enumerate(zip(preds, confidences, strict=True)):
-        probs[row] = (1 - confidence) / (num_classes - 1)
-        probs[row, pred] = confidence
-    return probs.log()
-
-
-def _per_class(path: Path) -> list[dict[str, str]]:
-    with path.open(newline="") as file:
-        return list(csv.DictReader(file))
 
 
 def _png(path: Path, figure: Figure) -> tuple[np.ndarray, Any]:
@@ -52,38 +34,6 @@ def _png(path: Path, figure: Figure) -> tuple[np.ndarray, Any]:
 def _at(pixels: np.ndarray, x: float, y: float) -> tuple[int, int]:
     """``(row, column)`` in ``pixels`` of the display point ``(x, y)`` (matplotlib's origin is the bottom left)."""
     return round(len(pixels) - y - 0.5), round(x - 0.5)
-
-
-# ---------------------------------------------------------------------------------------------- what is kept
-def test_worst_predictions_keeps_the_most_confident_mistakes_first() -> None:
-    metric = WorstPredictions(k=3, input_shape=(1, 1, 1))
-    # Sample ids travel in the images, so we can see which samples were kept.
-    first = _logits([0, 1, 2, 0], [0.9, 0.6, 0.95, 0.5])  # targets below: right, wrong, wrong, right
-    metric.update(torch.arange(4.0).view(4, 1, 1, 1), first, torch.tensor([0, 0, 1, 0]))
-    second = _logits([2, 1], [0.7, 0.99])  # wrong, right
-    metric.update(torch.arange(4.0, 6.0).view(2, 1, 1, 1), second, torch.tensor([0, 1]))
-    kept = metric.compute()
-    # Mistakes by confidence (2: 0.95, 4: 0.7, 1: 0.6); no correct sample makes the cut.
-    assert kept["images"].flatten().tolist() == [2.0, 4.0, 1.0]
-    assert kept["preds"].tolist() == [2, 2, 1] and kept["targets"].tolist() == [1, 0, 0]
-    assert kept["confidences"].tolist() == pytest.approx([0.95, 0.7, 0.6], abs=1e-5)
-
-
-def test_worst_predictions_fills_with_the_least_confident_hits_and_drops_empty_slots() -> None:
-    metric = WorstPredictions(k=5, input_shape=(1, 1, 1))
-    metric.update(torch.arange(3.0).view(3, 1, 1, 1), _logits([0, 1, 2], [0.9, 0.4, 0.6]), torch.tensor([0, 1, 0]))
-    kept = metric.compute()
-    # The mistake, then correct predictions from the least confident; 2 of the 5 slots stay empty and are dropped.
-    assert kept["images"].flatten().tolist() == [2.0, 1.0, 0.0]
-
-
-def test_worst_predictions_merge_like_ddp_keeps_the_global_worst() -> None:
-    """merge_state applies the same reduction as the DDP sync: the best k of every process's k."""
-    rank0, rank1 = WorstPredictions(k=2, input_shape=(1, 1, 1)), WorstPredictions(k=2, input_shape=(1, 1, 1))
-    rank0.update(torch.tensor([0.0, 1.0]).view(2, 1, 1, 1), _logits([1, 1], [0.5, 0.8]), torch.tensor([0, 0]))
-    rank1.update(torch.tensor([2.0, 3.0]).view(2, 1, 1, 1), _logits([1, 1], [0.9, 0.4]), torch.tensor([0, 0]))
-    rank0.merge_state(rank1)
-    assert rank0.compute()["images"].flatten().tolist() == [2.0, 1.0]
 
 
 # ---------------------------------------------------------------------------------------------- when it draws
@@ -146,61 +96,6 @@ def test_validation_is_drawn_every_n_epochs_and_after_the_last(
         (top, left), (bottom, right) = _at(pixels, box.x0, box.y1), _at(pixels, box.x1, box.y0)
         text = pixels[top : bottom + 1, left : right + 1].reshape(-1, 3)
         assert (np.abs(text - colour).max(axis=1) <= 8).sum() > 20, f"the caption {caption.get_text()!r} is drawn"
-
-
-# ---------------------------------------------------------------------------------------------- a training run
-def test_training_run_writes_the_dashboard(tmp_path: Path, data_root: Path) -> None:
-    run = tmp_path / "run"
-    assert (
-        main(
-            [
-                *TINY,
-                "--dashboard_every",
-                "1",
-                "--trainer.max_epochs",
-                "2",
-                "--data.root",
-                str(data_root),
-                "--run_dir",
-                str(run),
-            ]
-        )
-        == 0
-    )
-    dashboard = run / "dashboard"
-    for stage in ("val", "test"):
-        for name in ("confusion_matrix.png", "predictions.png", "per_class.csv"):
-            assert (dashboard / stage / name).is_file(), f"{stage}/{name}"
-    assert (dashboard / "learning_curves.png").is_file()
-
-    rows = _per_class(dashboard / "test" / "per_class.csv")
-    assert [row["class"] for row in rows] == [str(digit) for digit in range(10)]
-    assert list(rows[0]) == ["class", "support", "accuracy", "precision", "recall", "f1"]
-    support = [int(row["support"]) for row in rows]
-    assert sum(support) == 2 * 16  # limit_test_batches 2 of batch size 16
-    # Per-class accuracy is per-class recall; weighted by support it is the run's own test accuracy.
-    correct = sum(float(row["recall"]) * count for row, count in zip(rows, support, strict=True))
-    summary = json.loads((run / "summary.json").read_text())
-    assert correct / sum(support) == pytest.approx(summary["test_acc"], abs=1e-5)
-    for png in dashboard.rglob("*.png"):
-        with Image.open(png) as image:
-            pixels = np.asarray(image.convert("L"))
-        assert pixels.std() > 10, f"{png} looks blank"
-
-
-def test_ddp_dashboard_counts_every_process_samples(tmp_path: Path, data_root: Path) -> None:
-    """Two CPU processes: the test set is split between them, the dashboard still covers all of it."""
-    ddp = Path(__file__).resolve().parents[1] / "configs" / "trainer" / "ddp_cpu.yaml"
-    # With the progress bar on, as users run it: it is drawn by rank 0 and disabled on rank 1.
-    args = ["--config", str(ddp), *TINY, "--dashboard_every", "1", "--trainer.enable_progress_bar", "true"]
-    result = run_train([*args, "--data.root", str(data_root)], cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    run = next((tmp_path / "runs").iterdir())
-    rows = _per_class(run / "dashboard" / "test" / "per_class.csv")
-    support = [int(row["support"]) for row in rows]
-    assert sum(support) == 2 * 2 * 16  # two processes, each two batches of 16
-    correct = sum(float(row["recall"]) * count for row, count in zip(rows, support, strict=True))
-    assert correct / sum(support) == pytest.approx(json.loads((run / "summary.json").read_text())["test_acc"])
 
 
 # ---------------------------------------------------------------------------------------------- legibility
@@ -305,19 +200,3 @@ def test_learning_curves_place_learning_rate_rows_in_their_epoch(tmp_path: Path)
     assert points == 2 * 2 + 2 * 2 + 2
     # And the colours differ between the lines of a panel: train and val are told apart.
     assert all(len({line.get_color() for line in axes.lines}) == len(axes.lines) for axes in figure.axes)
-
-
-def test_a_model_without_step_outputs_turns_the_dashboard_off_with_a_warning(tmp_path: Path, data_root: Path) -> None:
-    class LossOnly(MLP):
-        def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-            super().validation_step(batch, batch_idx)  # logs val/loss and val/acc, returns nothing
-
-    trainer = quiet_trainer(
-        limit_val_batches=1,
-        callbacks=[ClassificationDashboard(tmp_path / "dashboard")],
-        enable_checkpointing=True,
-    )
-    with pytest.warns(UserWarning, match="ClassificationDashboard is turned off: validation_step"):
-        data = MNISTDataModule(root=str(data_root), val_size=0.1)
-        trainer.validate(LossOnly(**data.model_args(), hidden_sizes=[8]), datamodule=data)
-    assert not (tmp_path / "dashboard").exists()
