@@ -85,17 +85,17 @@ def _uniform_draws(monkeypatch: pytest.MonkeyPatch, forced: torch.Tensor | None 
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("size", [33, 32], ids=["odd", "even"])
+@pytest.mark.parametrize("size", [(33, 33), (32, 32), (24, 40)], ids=["odd", "even", "wide"])
 def test_rotation_is_torchvisions_rotate_by_the_drawn_angle(
-    monkeypatch: pytest.MonkeyPatch, device: str, size: int
+    monkeypatch: pytest.MonkeyPatch, device: str, size: tuple[int, int]
 ) -> None:
     # torchvision's RandomRotation(degrees): an angle drawn uniformly from [-degrees, degrees], then rotate() about
     # the centre (counter-clockwise, bilinear), each image its own angle. Outside the image: zeros, as rotate()
     # without a fill gives them (with fill=0, RandomRotation's default, torchvision also darkens the rotated image's
-    # outermost pixels by its interpolated mask: those differ). Square images: the template's batches all are (MNIST,
-    # CIFAR-10, and image folders resized to image_size x image_size).
+    # outermost pixels by its interpolated mask: those differ). The template's batches are square (MNIST, CIFAR-10,
+    # folders resized to image_size x image_size); a data module of one's own may not be.
     torch.manual_seed(0)
-    images = torch.rand(200, 3, size, size, device=device)
+    images = torch.rand(200, 3, *size, device=device)
     draws = _uniform_draws(monkeypatch)
     out = RandomRotation(45)(images)
     monkeypatch.undo()

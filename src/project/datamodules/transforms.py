@@ -71,11 +71,16 @@ class RandomRotation(nn.Module):
         self.degrees = degrees
 
     def forward(self, images: Tensor) -> Tensor:
-        n = images.shape[0]
+        n, _, height, width = images.shape
         angle = (torch.rand(n, device=images.device) * 2 - 1) * torch.deg2rad(torch.tensor(self.degrees))
         cos, sin = angle.cos(), angle.sin()
         zero = torch.zeros_like(cos)
-        theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
+        # affine_grid's coordinates run from -1 to 1 along each side: a rotation of pixels scales by the aspect ratio.
+        row_x, row_y = (
+            torch.stack([cos, -sin * height / width, zero], 1),
+            torch.stack([sin * width / height, cos, zero], 1),
+        )
+        theta = torch.stack([row_x, row_y], 1)
         grid = F.affine_grid(theta.to(images.dtype), list(images.shape), align_corners=False)
         return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
