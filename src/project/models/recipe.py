@@ -121,7 +121,7 @@ def fit_cosine_schedules(trainer: Any) -> None:
         unfit = [s for s in schedules if isinstance(s, CosineSchedule) and s.total_steps != total_steps]
         if not unfit:
             continue
-        if unfit[0].total_steps:
+        if unfit[0].total_steps and trainer.ckpt_path:  # a resumed run's (not the batch-size finder's trials)
             rank_zero_warn(f"cosine schedule stretched from {unfit[0].total_steps} to {total_steps} steps")
         for schedule in unfit:
             if not schedule.total_steps:  # a new run: the warm-up's length in steps too
