@@ -137,3 +137,22 @@ def test_lightning_pads_a_ddp_test_set_unless_told_not_to_and_without_repeats_sp
     assert all(type(shard) is DataLoader and shard.collate_fn is collate for shard in shards)
     batches = [[batch.tolist() for batch in shard] for shard in shards]
     assert batches == [[[0, 2], [4, 6]], [[1, 3], [5]]]  # each sample once, in order; ranks differ by a sample
+
+
+def test_lightning_steps_the_optimizer_where_ends_an_optimizer_step_says(data_root) -> None:
+    # 5 batches accumulated by 2: Lightning steps after batches 1, 3 and 4 (the epoch's last), 3 steps an epoch.
+    seen: list[tuple[bool, bool]] = []
+
+    class Record(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            stepped = trainer.global_step > sum(1 for _, did in seen if did)
+            seen.append((compat.ends_an_optimizer_step(trainer, batch_idx), stepped))
+            assert compat.optimizer_steps_per_epoch(trainer) == 3
+
+    data = MNISTDataModule(root=str(data_root), batch_size=16, val_size=0.1)
+    trainer = quiet_trainer(
+        max_epochs=2, limit_train_batches=5, limit_val_batches=0, accumulate_grad_batches=2, callbacks=[Record()]
+    )
+    trainer.fit(MLP(**data.model_args()), datamodule=data)
+    assert [said for said, _ in seen] == [False, True, False, True, True] * 2
+    assert [said for said, _ in seen] == [stepped for _, stepped in seen]

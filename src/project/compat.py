@@ -7,6 +7,7 @@ against the installed versions, so an upgrade that changes one fails there, loud
 from __future__ import annotations
 
 import logging
+import math
 import os
 import traceback
 import warnings
@@ -117,3 +118,17 @@ def without_repeats(loader: DataLoader, num_replicas: int, rank: int) -> DataLoa
     """
     sampler = UnrepeatedDistributedSamplerWrapper(loader.sampler, num_replicas=num_replicas, rank=rank, shuffle=False)
     return _update_dataloader(loader, sampler, mode=RunningStage.TESTING)
+
+
+def ends_an_optimizer_step(trainer: Any, batch_idx: int) -> bool:
+    """Whether Lightning (2.6) steps the optimizer after training batch ``batch_idx`` of the epoch: after every
+    ``accumulate_grad_batches``-th batch, and after the epoch's last."""
+    done = batch_idx + 1
+    return done % trainer.accumulate_grad_batches == 0 or done >= trainer.num_training_batches
+
+
+def optimizer_steps_per_epoch(trainer: Any) -> int | None:
+    """The optimizer steps of a training epoch, by the rule of :func:`ends_an_optimizer_step`; ``None`` for
+    training data of unknown length."""
+    batches = trainer.num_training_batches
+    return math.ceil(batches / trainer.accumulate_grad_batches) if math.isfinite(batches) else None

@@ -13,6 +13,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import EMAWeightAveraging, WeightAveraging
 
+from project import compat
 from project.errors import UserError
 
 
@@ -62,7 +63,6 @@ class SWA(_Unsharded, WeightAveraging):
         self.swa_lrs, self.swa_epoch_start, self.annealing_epochs = swa_lrs, swa_epoch_start, annealing_epochs
         self.start_lrs: list[float] = []  # each group's learning rate when SWA started: annealed from, and saved
         self._steps_per_epoch, self._first_epoch = 0, 0
-        self._swapped = False
 
     def first_epoch(self, max_epochs: int | None) -> int:
         """The first averaged epoch, counted from 0."""
@@ -73,9 +73,10 @@ class SWA(_Unsharded, WeightAveraging):
         return self.swa_epoch_start - 1
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not math.isfinite(trainer.num_training_batches):
+        steps = compat.optimizer_steps_per_epoch(trainer)
+        if steps is None:
             raise UserError("--swa_lrs averages at every epoch's end: it needs training data of known length")
-        self._steps_per_epoch = math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches)
+        self._steps_per_epoch = steps
         self._first_epoch = self.first_epoch(trainer.max_epochs)
 
     def should_update(self, step_idx: int | None = None, epoch_idx: int | None = None) -> bool:
@@ -108,14 +109,12 @@ class SWA(_Unsharded, WeightAveraging):
 
     # Before the first average there is none to validate, save or keep: the raw weights are the model.
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._swapped = self._averaging()
-        if self._swapped:
+        if self._averaging():
             super().on_validation_epoch_start(trainer, pl_module)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._swapped:
+        if self._averaging():  # as at the start: validation updates no average
             super().on_validation_epoch_end(trainer, pl_module)
-        self._swapped = False
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         if self._averaging():

@@ -99,7 +99,7 @@ class GracefulInterrupt(Callback):
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if not _ends_an_optimizer_step(trainer, batch_idx):
+        if not compat.ends_an_optimizer_step(trainer, batch_idx):
             return  # a checkpoint inside an accumulation window would lose the gradients accumulated so far
         if trainer.world_size > 1 and trainer.global_step % self.sync_every_n_steps:
             return
@@ -119,13 +119,6 @@ class GracefulInterrupt(Callback):
             return self.received or 0
         decision = torch.tensor(self.received or 0, device=trainer.strategy.root_device)
         return int(trainer.strategy.reduce(decision, reduce_op="max"))
-
-
-def _ends_an_optimizer_step(trainer: L.Trainer, batch_idx: int) -> bool:
-    """Whether Lightning steps the optimizer after this batch: every ``accumulate_grad_batches``-th batch of an
-    epoch, and its last."""
-    done = batch_idx + 1
-    return done % trainer.accumulate_grad_batches == 0 or done >= trainer.num_training_batches
 
 
 def requeue_slurm_job() -> bool:

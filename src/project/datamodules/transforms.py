@@ -76,10 +76,9 @@ class RandomRotation(nn.Module):
         cos, sin = angle.cos(), angle.sin()
         zero = torch.zeros_like(cos)
         # affine_grid's coordinates run from -1 to 1 along each side: a rotation of pixels scales by the aspect ratio.
-        row_x, row_y = (
-            torch.stack([cos, -sin * height / width, zero], 1),
-            torch.stack([sin * width / height, cos, zero], 1),
-        )
+        aspect = height / width
+        row_x = torch.stack([cos, -sin * aspect, zero], 1)
+        row_y = torch.stack([sin / aspect, cos, zero], 1)
         theta = torch.stack([row_x, row_y], 1)
         grid = F.affine_grid(theta.to(images.dtype), list(images.shape), align_corners=False)
         return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)

@@ -9,6 +9,8 @@ import torch
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import nn
 
+from project import compat
+
 OptimizerName = Literal["adam", "adamw", "sgd"]
 SchedulerName = Literal["none", "step", "plateau", "cosine", "warmup_cosine"]
 
@@ -113,8 +115,7 @@ def fit_cosine_schedules(trainer: Any) -> None:
     stretched to the new length instead of training at learning rate 0.
     """
     total_steps = max(1, int(trainer.estimated_stepping_batches))
-    batches = trainer.num_training_batches
-    steps_per_epoch = math.ceil(batches / trainer.accumulate_grad_batches) if math.isfinite(batches) else None
+    steps_per_epoch = compat.optimizer_steps_per_epoch(trainer)
     for config in trainer.lr_scheduler_configs:
         scheduler = config.scheduler
         schedules = getattr(scheduler, "lr_lambdas", [])
