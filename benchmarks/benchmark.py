@@ -154,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Importing Lightning (done here for C) slows every optimizer step on a machine without a GPU, which a
         # textbook script never pays; the template's command line undoes it (see plain_cuda_check_without_gpu).
         # Undone here before any run, so that A, B and C all run as they would on their own.
-        from project.fastpath import plain_cuda_check_without_gpu
+        from project.engine.fastpath import plain_cuda_check_without_gpu
 
         plain_cuda_check_without_gpu()
         root, data = mnist_root(args, workdir)

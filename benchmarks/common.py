@@ -88,8 +88,8 @@ class MNISTTensors:
 # ---------------------------------------------------------------------------------------------- the template, timing
 def template_cli(args: Sequence[str], workdir: Path, callbacks: Sequence[Any] = ()) -> Any:
     """``TemplateCLI`` exactly as ``scripts/train.py`` builds it, writing its run directory under ``workdir``."""
-    from project.cli import TemplateCLI
-    from project.configs import expand_args
+    from project.engine.cli import TemplateCLI
+    from project.engine.configs import expand_args
 
     argv = [*args, "--trainer.default_root_dir", str(workdir / "runs"), "--no_test", "true"]
     defaults = {"callbacks": list(callbacks)} if callbacks else None

@@ -183,7 +183,7 @@ MLP_RUNS: dict[str, tuple[str, Callable[..., RunResult]]] = {
     "C": ("template: TemplateCLI → MLP + MNISTDataModule + Trainer, default callbacks", run_c),
     "C-noclip": ("C with --trainer.gradient_clip_val 0 (no clipping, like A and B)", lambda c, s: run_c(c, s, False)),
     "C-plain": (
-        "C with --fast_path false (Lightning's defaults for what project.fastpath does)",
+        "C with --fast_path false (Lightning's defaults for what project.engine.fastpath does)",
         lambda c, s: run_c(c, s, fast_path=False),
     ),
 }

@@ -2,7 +2,7 @@
 
 import sys
 
-from project.compare import main
+from project.engine.compare import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -2,7 +2,7 @@
 
 import sys
 
-from project.evaluate import main
+from project.engine.evaluate import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -2,7 +2,7 @@
 
 import sys
 
-from project.export import main
+from project.engine.export import main
 
 if __name__ == "__main__":
     sys.exit(main())

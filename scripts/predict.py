@@ -2,7 +2,7 @@
 
 import sys
 
-from project.predict import main
+from project.engine.predict import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -2,7 +2,7 @@
 
 import sys
 
-from project.cli import main
+from project.engine.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from conftest import TINY
 
-from project.cli import main
+from project.engine.cli import main
 
 
 def _only_run(runs: Path) -> Path:

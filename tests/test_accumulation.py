@@ -14,9 +14,9 @@ import torch
 from conftest import TINY, quiet_trainer
 from lightning.pytorch.callbacks import Callback
 
-from project import fastpath
-from project.cli import main as train
 from project.datamodules import MNISTDataModule
+from project.engine import fastpath
+from project.engine.cli import main as train
 from project.models import MLP
 
 

@@ -11,12 +11,12 @@ import torchvision
 from conftest import TINY
 from fakedata import write_torchvision_weights
 
-from project import evaluate, export
-from project.checkpoint import load_model
-from project.cli import main as train
-from project.errors import UserError
+from project.engine import evaluate, export
+from project.engine.checkpoint import load_model
+from project.engine.cli import main as train
+from project.engine.errors import UserError
+from project.engine.options import model_preprocessing, resolve_image_size, resolve_normalize
 from project.models import Transfer, backbones
-from project.options import resolve_image_size, resolve_normalize
 
 # Small, and different in where their head (classifier[3], classifier[1], a 1x1 conv in classifier[1]) and stem sit.
 SMALL = ["mobilenet_v3_small", "efficientnet_b0", "squeezenet1_1"]
@@ -117,13 +117,17 @@ def test_a_state_dict_file_of_the_architecture_keeps_a_head_of_the_same_size(tmp
 
 
 def test_preprocessing_follows_the_weights() -> None:
-    pretrained = {"backbone": "efficientnet_v2_l", "weights": "imagenet"}
+    def preferred(backbone: str, weights: str) -> dict | None:  # what Transfer declares; the command line asks it
+        return model_preprocessing(Transfer, {"backbone": backbone, "weights": weights})
+
+    pretrained = preferred("efficientnet_v2_l", "imagenet")
     assert resolve_normalize("auto", pretrained) == "inception"  # its weights' transforms: mean = std = 0.5
     assert resolve_image_size("auto", pretrained) == 480
-    assert resolve_normalize("auto", {"backbone": "convnext_tiny", "weights": "imagenet"}) == "imagenet"
-    assert resolve_image_size("auto", {"backbone": "inception_v3", "weights": "imagenet"}) == 299
-    random = {"backbone": "efficientnet_v2_l", "weights": "none"}
-    assert resolve_normalize("auto", random) == "dataset" and resolve_image_size("auto", random) is None
+    assert resolve_normalize("auto", preferred("convnext_tiny", "imagenet")) == "imagenet"
+    assert resolve_image_size("auto", preferred("inception_v3", "imagenet")) == 299
+    random = preferred("efficientnet_v2_l", "none")
+    # Without pretrained weights: the data set's statistics, and "auto" stays for the data module (its own size).
+    assert resolve_normalize("auto", random) == "dataset" and resolve_image_size("auto", random) == "auto"
     assert resolve_image_size(64, pretrained) == 64 and resolve_normalize("none", pretrained) == "none"
 
 

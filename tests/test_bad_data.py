@@ -14,9 +14,9 @@ import torch
 from conftest import TINY
 from fakedata import write_cifar10, write_mnist
 
-from project.cli import main
 from project.datamodules import CIFAR10DataModule, MNISTDataModule
-from project.errors import DataError
+from project.engine.cli import main
+from project.engine.errors import DataError
 
 Corrupt = Callable[[bytes], bytes]
 

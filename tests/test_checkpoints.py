@@ -19,11 +19,11 @@ import torch
 from conftest import REPO, TINY, run_train
 from torch import nn
 
-from project import export
-from project.callbacks.atomic_io import AtomicCheckpointIO
-from project.checkpoint import load_checkpoint_file, load_model
-from project.cli import main
-from project.errors import CheckpointError
+from project.engine import export
+from project.engine.callbacks.atomic_io import AtomicCheckpointIO
+from project.engine.checkpoint import load_checkpoint_file, load_model
+from project.engine.cli import main
+from project.engine.errors import CheckpointError
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import yaml
 from cli_helpers import _train
 from conftest import TINY, run_train
 
-from project.cli import main
+from project.engine.cli import main
 
 
 # ---------------------------------------------------------------------------------------------- bad config

@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import TINY, run_train
 
-from project.configs import expand_args
+from project.engine.configs import expand_args
 
 
 # ---------------------------------------------------------------------------------------------- as a user runs it
@@ -25,8 +25,8 @@ def test_resnet_defaults_to_cifar10_from_the_real_script(tmp_path: Path, data_ro
 def test_gpu_run_uses_bf16_and_keeps_the_data_on_the_device(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, data_root: Path
 ) -> None:
-    from project.cli import TemplateCLI
-    from project.training import train
+    from project.engine.cli import TemplateCLI
+    from project.engine.training import train
 
     monkeypatch.chdir(tmp_path)
     cli = TemplateCLI(expand_args([*TINY, "--model", "cnn", "--data.root", str(data_root), "--accelerator", "gpu"]))
@@ -47,7 +47,7 @@ def test_lightning_advertisement_is_dropped_and_its_other_messages_kept() -> Non
 
     from lightning import Trainer
 
-    import project.cli  # noqa: F401 - installs the filter
+    import project.engine.cli  # noqa: F401 - installs the filter
 
     records: list[str] = []
 

@@ -13,10 +13,10 @@ import torch
 import yaml
 from cli_helpers import _train
 from conftest import TINY
+from lightning.pytorch.callbacks import Callback
 
-from project.cli import main
-from project.configs import expand_args, short_names
-from project.options import constructor_args, import_class
+from project.engine.cli import main
+from project.engine.configs import expand_args, short_names
 
 
 def test_short_names_come_from_configs() -> None:
@@ -128,8 +128,8 @@ def test_reloaded_best_checkpoint_gives_the_reported_test_accuracy(
 ) -> None:
     from lightning import Trainer
 
-    from project.checkpoint import load_model
     from project.datamodules import MNISTDataModule
+    from project.engine.checkpoint import load_model
 
     code, run = _train(tmp_path, monkeypatch, "--model", "cnn", "--data.root", str(data_root))
     assert code == 0
@@ -142,6 +142,20 @@ def test_reloaded_best_checkpoint_gives_the_reported_test_accuracy(
     assert results[0]["test/loss"] == pytest.approx(summary["test_loss"], rel=1e-5)
 
 
+class RecordInitialWeights(Callback):
+    """Keeps, in this process, the weights a run starts training from and which of its parameters train."""
+
+    weights: dict[str, torch.Tensor] = {}
+    trainable: set[str] = set()
+    frozen: set[str] = set()
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        RecordInitialWeights.weights = {key: value.detach().clone() for key, value in pl_module.state_dict().items()}
+        parameters = dict(pl_module.named_parameters())
+        RecordInitialWeights.trainable = {name for name, parameter in parameters.items() if parameter.requires_grad}
+        RecordInitialWeights.frozen = set(parameters) - RecordInitialWeights.trainable
+
+
 @pytest.mark.parametrize("model", ["mlp", "deepnet", "cnn", "resnet"])
 @pytest.mark.parametrize("data", ["mnist", "cifar10", "folder"])
 def test_every_model_trains_on_every_data_set(
@@ -149,6 +163,9 @@ def test_every_model_trains_on_every_data_set(
 ) -> None:
     root = folder_root if data == "folder" else data_root
     extra = ["--data.image_size", "32"] if data == "folder" else []
+    RecordInitialWeights.weights = {}
+    record = json.dumps([{"class_path": "test_cli_train.RecordInitialWeights"}])
+    extra += ["--trainer.callbacks", record]
     code, run = _train(tmp_path, monkeypatch, "--model", model, "--data", data, "--data.root", str(root), *extra)
     assert code == 0
     checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
@@ -166,15 +183,12 @@ def test_every_model_trains_on_every_data_set(
     with open(run / "metrics.csv", newline="") as file:
         losses = [float(row["train/loss_epoch"]) for row in csv.DictReader(file) if row.get("train/loss_epoch")]
     assert len(losses) == 1 and math.isfinite(losses[0])
-    L.seed_everything(42)  # the run's seed: the same initial weights as it started from
-    initial = import_class(hparams["_class_path"], L.LightningModule, "model")(**constructor_args(hparams))
-    trained = checkpoint["state_dict"]
-    moved = {key for key, value in initial.state_dict().items() if not torch.equal(value, trained[key])}
-    trainable = {f"{name}" for name, parameter in initial.named_parameters() if parameter.requires_grad}
-    assert trainable and trainable <= moved  # every trainable tensor changed...
-    frozen = {name for name, parameter in initial.named_parameters() if not parameter.requires_grad}
-    assert not frozen & moved  # ...and a frozen backbone did not: the comparison starts from the same weights
-    from project.checkpoint import load_model
+    start, trained = RecordInitialWeights, checkpoint["state_dict"]  # the weights the run recorded at its start
+    assert start.weights.keys() == trained.keys()
+    moved = {key for key, value in start.weights.items() if not torch.equal(value, trained[key])}
+    assert start.trainable and start.trainable <= moved  # every trainable tensor changed...
+    assert not start.frozen & moved  # ...and a frozen backbone did not: the comparison starts from the same weights
+    from project.engine.checkpoint import load_model
 
     network = load_model(run / "checkpoints" / "last.ckpt")
     assert network(torch.zeros(2, *hparams["input_shape"])).shape == (2, hparams["num_classes"])
@@ -184,7 +198,7 @@ def test_a_model_recipe_sets_its_epochs_and_any_flag_overrides_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, data_root: Path
 ) -> None:
     # configs/model/mlp.yaml is a recipe (model + trainer settings): passed first, whatever the order on the line.
-    from project.cli import TemplateCLI
+    from project.engine.cli import TemplateCLI
 
     monkeypatch.chdir(tmp_path)
     assert expand_args(["--model", "mlp"])[:2] == ["--config", str(short_names("model")["mlp"])]

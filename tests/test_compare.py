@@ -10,8 +10,8 @@ import pytest
 from conftest import TINY
 from PIL import Image
 
-from project import compare
-from project.cli import main as train
+from project.engine import compare
+from project.engine.cli import main as train
 
 
 @pytest.mark.slow

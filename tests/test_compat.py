@@ -1,10 +1,12 @@
-"""Each assumption project.compat makes about Lightning's and PyTorch's internals, checked against the installed
+"""Each assumption project.engine.compat makes about Lightning's and PyTorch's internals, checked against the installed
 versions: when an upgrade changes one, it fails here, by name."""
 
 from __future__ import annotations
 
+import csv
 import logging
 import warnings
+from pathlib import Path
 
 import lightning as L
 import pytest
@@ -13,8 +15,8 @@ from conftest import quiet_trainer
 from lightning.pytorch.plugins.precision import DoublePrecision, FSDPPrecision, HalfPrecision, MixedPrecision, Precision
 from lightning.pytorch.utilities import _pytree
 
-from project import compat
 from project.datamodules import MNISTDataModule
+from project.engine import compat
 from project.models import MLP
 
 
@@ -28,12 +30,62 @@ def test_lightning_records_the_running_hook_in_current_fx_name(data_root) -> Non
 
     data = MNISTDataModule(root=str(data_root), batch_size=32, val_size=0)
     model = MLP(**data.model_args(), hidden_sizes=[8])
-    assert isinstance(model, compat.FastHookBookkeeping) and compat.attached_trainer(model) is None
+    assert not isinstance(model, compat.FastHookBookkeeping)  # the recipe's class is plain Lightning
+    model.__class__ = compat.with_fast_hook_bookkeeping(MLP)  # what the fast path does
+    assert isinstance(model, MLP) and type(model).__name__ == "MLP"
+    assert compat.with_fast_hook_bookkeeping(MLP) is type(model)  # one class per model class
     trainer = quiet_trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=0, callbacks=[Record()])
     trainer.fit(model, datamodule=data)
     assert seen == ["on_train_batch_start"] * 2
     assert "_current_fx_name" in vars(model) and "_current_fx_name" not in model._modules
-    assert compat.attached_trainer(model) is trainer
+
+
+@pytest.mark.parametrize("optimizer_class", compat.FUSABLE_OPTIMIZERS)
+def test_an_optimizer_switched_to_the_fused_kernel_steps_as_one_built_fused(optimizer_class: type) -> None:
+    # torch reads the kernel from each group's "fused" at every step: switched after construction, the step is the
+    # fused one (it honours grad_scale, which the other kernels refuse), bit for bit as when built with fused=True.
+    def run(make: object) -> list[torch.Tensor]:
+        torch.manual_seed(0)
+        weights = [torch.nn.Parameter(torch.randn(4, 3)), torch.nn.Parameter(torch.randn(3))]
+        optimizer = make(weights)
+        for step in range(3):
+            for weight in weights:
+                weight.grad = torch.randn_like(weight) * (step + 1)
+            optimizer.grad_scale = torch.tensor(2.0)
+            optimizer.step()
+        return [weight.detach().clone() for weight in weights]
+
+    def switched(weights: list) -> torch.optim.Optimizer:
+        optimizer = optimizer_class(weights, lr=0.1)
+        assert compat.use_fused_kernel(optimizer)
+        optimizer.add_param_group({"params": [torch.nn.Parameter(torch.zeros(2))]})  # a later group: fused too
+        assert optimizer.param_groups[-1]["fused"] and optimizer._step_supports_amp_scaling
+        return optimizer
+
+    def built(weights: list) -> torch.optim.Optimizer:
+        optimizer = optimizer_class(weights, lr=0.1, fused=True)
+        optimizer.add_param_group({"params": [torch.nn.Parameter(torch.zeros(2))]})
+        return optimizer
+
+    for ours, reference in zip(run(switched), run(built), strict=True):
+        assert torch.equal(ours, reference)
+    with pytest.raises((AssertionError, RuntimeError)):  # the unfused kernels refuse a grad_scale
+        run(lambda weights: optimizer_class(weights, lr=0.1))
+
+
+def test_an_optimizer_with_state_keeps_its_kernel_and_a_restored_fused_one_its_defaults() -> None:
+    weight = torch.nn.Parameter(torch.ones(3))
+    optimizer = torch.optim.Adam([weight], lr=0.1)
+    weight.grad = torch.ones(3)
+    optimizer.step()
+    assert not compat.use_fused_kernel(optimizer) and not optimizer.param_groups[0]["fused"]
+    # A checkpoint saves the groups (fused among them), not the defaults: restored, later groups must fuse too.
+    fused = torch.optim.Adam([weight], lr=0.1, fused=True)
+    fused.step()
+    restored = torch.optim.Adam([weight], lr=0.1)
+    restored.load_state_dict(fused.state_dict())
+    assert restored.param_groups[0]["fused"] and not restored.defaults["fused"]
+    assert compat.use_fused_kernel(restored) and restored.defaults["fused"]
 
 
 def test_lightning_still_warns_about_leafspec_and_the_filter_silences_only_that() -> None:
@@ -156,3 +208,26 @@ def test_lightning_steps_the_optimizer_where_ends_an_optimizer_step_says(data_ro
     trainer.fit(MLP(**data.model_args()), datamodule=data)
     assert [said for said, _ in seen] == [False, True, False, True, True] * 2
     assert [said for said, _ in seen] == [stepped for _, stepped in seen]
+
+
+def test_a_csv_logger_continues_its_metrics_file_through_the_installed_writer(tmp_path: Path) -> None:
+    # Lightning (2.6) deletes an existing metrics.csv when its writer is created, and creates the writer lazily: the
+    # writer compat installs keeps the rows before the resumed step and is the one the logger then writes with.
+    from lightning.pytorch.loggers import CSVLogger
+
+    first = CSVLogger(tmp_path, name="", version="")
+    for step in range(4):
+        first.log_metrics({"loss": float(step)}, step=step)
+    first.save()
+    resumed = CSVLogger(tmp_path, name="", version="")
+    compat.continue_csv_log(resumed, step=2)
+    resumed.log_metrics({"loss": 20.0}, step=2)
+    resumed.save()
+    with open(Path(resumed.log_dir) / "metrics.csv", newline="") as file:
+        rows = [(int(row["step"]), float(row["loss"])) for row in csv.DictReader(file)]
+    assert rows == [(0, 0.0), (1, 1.0), (2, 20.0)]
+    plain = CSVLogger(tmp_path, name="", version="")  # without it, Lightning starts the file again
+    plain.log_metrics({"loss": 5.0}, step=0)
+    plain.save()
+    with open(Path(plain.log_dir) / "metrics.csv", newline="") as file:
+        assert [row["loss"] for row in csv.DictReader(file)] == ["5.0"]

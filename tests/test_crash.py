@@ -17,10 +17,10 @@ import torch
 from conftest import TINY, TRAIN_SCRIPT, quiet_trainer, run_train
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
-from project.callbacks.atomic_io import AtomicCheckpointIO
-from project.callbacks.nonfinite import NonFiniteLossCheck, NonFiniteLossError
-from project.cli import main
 from project.datamodules import MNISTDataModule
+from project.engine.callbacks.atomic_io import AtomicCheckpointIO
+from project.engine.callbacks.nonfinite import NonFiniteLossCheck, NonFiniteLossError
+from project.engine.cli import main
 from project.models import MLP
 
 # A run that would go on for a long time: the tests stop it.
@@ -176,7 +176,7 @@ def test_kill_9_in_the_middle_of_a_checkpoint_write_keeps_the_previous_one(tmp_p
     script = textwrap.dedent(
         f"""
         import os, signal, torch
-        from project.callbacks.atomic_io import AtomicCheckpointIO
+        from project.engine.callbacks.atomic_io import AtomicCheckpointIO
 
         def dies_half_way(obj, file, *args, **kwargs):
             file.write(b"PK" * 1000)

@@ -14,9 +14,9 @@ from matplotlib.figure import Figure
 from PIL import Image
 from torchvision import datasets
 
-from project import plots
-from project.callbacks.dashboard import ClassificationDashboard
 from project.datamodules import MNISTDataModule
+from project.engine import plots
+from project.engine.callbacks.dashboard import ClassificationDashboard
 from project.models import MLP
 
 CIFAR_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]

@@ -12,9 +12,9 @@ import torch
 from conftest import TINY, quiet_trainer, run_train
 from PIL import Image
 
-from project.callbacks.dashboard import ClassificationDashboard
-from project.cli import main
 from project.datamodules import MNISTDataModule
+from project.engine.callbacks.dashboard import ClassificationDashboard
+from project.engine.cli import main
 from project.models import MLP
 
 

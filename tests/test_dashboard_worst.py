@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from project.callbacks.dashboard import WorstPredictions
+from project.engine.callbacks.dashboard import WorstPredictions
 
 
 def _logits(preds: list[int], confidences: list[float], num_classes: int = 3) -> torch.Tensor:

@@ -16,8 +16,8 @@ import torch
 from conftest import REPO, TINY, TRAIN_SCRIPT, run_train
 from test_resume import assert_same_training
 
-from project.checkpoint import load_model
 from project.datamodules import MNISTDataModule
+from project.engine.checkpoint import load_model
 
 WHOLE_SETS = ["--trainer.limit_train_batches", "1.0", "--trainer.limit_val_batches", "1.0"]
 WHOLE_SETS += ["--trainer.limit_test_batches", "1.0"]
@@ -177,7 +177,7 @@ def test_rng_states_of_another_process_count_restore_rank_0s_with_a_warning() ->
     # A DDP checkpoint resumed by one process (or by another number of them): rank 0's states, and a warning.
     from types import SimpleNamespace
 
-    from project.callbacks.rng_state import RNGStateCheckpoint, capture_rng_states
+    from project.engine.callbacks.rng_state import RNGStateCheckpoint, capture_rng_states
 
     with torch.random.fork_rng():  # leaves this process's generator as it was
         torch.manual_seed(1)
@@ -229,8 +229,8 @@ def _per_class(path: Path) -> list[dict[str, str]]:
 def test_evaluate_under_torchrun_scores_each_test_sample_once_like_one_process(tmp_path: Path, case: str) -> None:
     from fakedata import write_image_folder, write_mnist
 
-    from project import evaluate
-    from project.cli import main as train
+    from project.engine import evaluate
+    from project.engine.cli import main as train
 
     # Odd test sets, and batch sizes that give the ranks different numbers of batches (33 + 32 in 3 + 2 of 16;
     # 8 + 7 in 2 + 1 of 7): a padded sampler would score a sample twice, a collective per batch would hang.
@@ -273,8 +273,8 @@ def test_evaluate_under_torchrun_scores_each_test_sample_once_like_one_process(t
 def test_evaluate_takes_devices_and_nodes_from_torchrun_and_stays_one_device_without_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from project import distributed_eval
-    from project.errors import UserError
+    from project.engine import distributed_eval
+    from project.engine.errors import UserError
 
     for name in ("TORCHELASTIC_RUN_ID", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_WORLD_SIZE"):
         monkeypatch.delenv(name, raising=False)
@@ -302,9 +302,9 @@ def test_evaluate_refuses_test_loaders_it_cannot_split_without_repeats() -> None
 
     from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
-    from project import distributed_eval
-    from project.datamodules.loaders import InMemoryLoader
-    from project.errors import UserError
+    from project.engine import distributed_eval
+    from project.engine.errors import UserError
+    from project.engine.loaders import InMemoryLoader
 
     trainer = SimpleNamespace(world_size=3, distributed_sampler_kwargs={"num_replicas": 3, "rank": 2})
     with pytest.raises(UserError, match="the test set has 2 sample"):

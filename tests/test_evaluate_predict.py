@@ -15,10 +15,11 @@ from conftest import REPO, TINY
 from fakedata import write_image_folder
 from PIL import Image
 
-from project import evaluate, predict
-from project.checkpoint import load_model
-from project.cli import main as train
 from project.datamodules import MNISTDataModule
+from project.engine import evaluate, predict
+from project.engine.checkpoint import load_model
+from project.engine.cli import main as train
+from project.models import MLP, ResNet
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +62,9 @@ def test_evaluate_on_named_data_with_overrides_and_output(trained: Path, tmp_pat
     assert evaluate.main([*args, "--data.batch_size=7", "--data.download", "false", "--output", str(output)]) == 0
     result = json.loads(output.read_text())
     assert result["data_args"]["batch_size"] == 7 and result["data_args"]["download"] is False
-    assert result["data_args"]["val_size"] == 5000  # from configs/data/mnist.yaml, not the checkpoint
+    # From configs/data/mnist.yaml (batch size 128 there, overridden; val_size left to the class), not the checkpoint.
+    saved = torch.load(trained / "checkpoints" / "best.ckpt", weights_only=True)["datamodule_hyper_parameters"]
+    assert "val_size" in saved and "val_size" not in result["data_args"]
     summary = json.loads((trained / "summary.json").read_text())
     assert result["test_acc"] == pytest.approx(summary["test_acc"], abs=1e-6)  # batch size changes nothing
     assert (output.parent / "test" / "confusion_matrix.png").is_file()
@@ -106,20 +109,22 @@ def test_evaluate_mistakes_are_one_line_errors_with_exit_code_2(
 
 
 @pytest.mark.parametrize(
-    ("normalize", "model_hparams", "expected"),
+    ("normalize", "model_args", "expected"),
     [
         (None, {"weights": "imagenet"}, "imagenet"),  # a pretrained ResNet is tested as it was trained
         ("auto", {"weights": "imagenet"}, "imagenet"),
-        (None, {}, "dataset"),
+        (None, None, "dataset"),  # an MLP
         ("auto", {"weights": "none"}, "dataset"),
         ("none", {"weights": "imagenet"}, "none"),  # as asked
     ],
 )
 def test_evaluate_resolves_auto_normalization_for_the_model(
-    data_root: Path, normalize: str | None, model_hparams: dict[str, str], expected: str
+    data_root: Path, normalize: str | None, model_args: dict[str, str] | None, expected: str
 ) -> None:
+    shapes = {"num_classes": 10, "input_shape": (1, 28, 28)}
+    model = MLP(**shapes) if model_args is None else ResNet(**shapes, **model_args)
     init_args = {"root": str(data_root)} if normalize is None else {"root": str(data_root), "normalize": normalize}
-    datamodule, used = evaluate.make_datamodule("project.datamodules.MNISTDataModule", init_args, model_hparams)
+    datamodule, used = evaluate.make_datamodule("project.datamodules.MNISTDataModule", init_args, model)
     assert used["normalize"] == datamodule.hparams.normalize == expected
 
 
@@ -167,7 +172,7 @@ def test_predict_gives_the_models_own_probabilities_for_the_test_images(
     model = load_model(trained / "checkpoints" / "best.ckpt")
     results = predict.predict_files(model, paths, topk=10, batch_size=3)
     with torch.inference_mode():
-        inputs, _ = datamodule.on_after_batch_transfer((images[:8], labels[:8]), 0)
+        inputs = datamodule.on_after_batch_transfer((images[:8], labels[:8]), 0).images
         expected = model(inputs).softmax(dim=-1)
     for result, row in zip(results, expected, strict=True):
         probabilities = dict(result.topk)

@@ -16,9 +16,9 @@ from conftest import TINY
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from project import export
-from project.checkpoint import load_model
-from project.cli import main as train
+from project.engine import export
+from project.engine.checkpoint import load_model
+from project.engine.cli import main as train
 
 DATA = {"mlp": "mnist", "cnn": "mnist", "resnet": "cifar10"}
 CASES = [(model, fmt) for model in ("mlp", "cnn") for fmt in export.FORMATS] + [("resnet", "onnx")]
@@ -52,7 +52,7 @@ def _run_exported(path: Path, fmt: str, inputs: torch.Tensor) -> tuple[torch.Ten
     """The exported model's outputs for ``inputs`` and its decoded metadata, read back as a user would."""
     if fmt == "torchscript":
         files = {"metadata.json": ""}
-        with warnings.catch_warnings():  # "torch.jit.load is deprecated": known, see project.export
+        with warnings.catch_warnings():  # "torch.jit.load is deprecated": known, see project.engine.export
             warnings.simplefilter("ignore", FutureWarning)
             module = torch.jit.load(str(path), _extra_files=files)
         return module(inputs), _decoded(json.loads(files["metadata.json"]))

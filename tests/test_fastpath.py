@@ -1,4 +1,4 @@
-"""The fast path (project.fastpath): each piece computes what the plain path does, and both train alike."""
+"""The fast path (project.engine.fastpath): each piece computes what the plain path does, and both train alike."""
 
 from __future__ import annotations
 
@@ -14,11 +14,11 @@ import torch
 from conftest import TINY, quiet_trainer
 from lightning.pytorch.plugins.precision import Precision
 
-from project import fastpath
-from project.checkpoint import load_checkpoint_file
-from project.cli import main
 from project.datamodules import MNISTDataModule
-from project.fastpath.clipping import FusedClipping, add_fused_clipping
+from project.engine import fastpath
+from project.engine.checkpoint import load_checkpoint_file
+from project.engine.cli import main
+from project.engine.fastpath.clipping import FusedClipping, add_fused_clipping
 from project.models import MLP
 
 
@@ -166,8 +166,8 @@ def test_fast_and_plain_paths_train_to_the_same_weights(
 def test_the_plain_path_leaves_the_trainer_as_lightning_builds_it(
     tmp_path: Path, data_root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from project.cli import TemplateCLI
-    from project.configs import expand_args
+    from project.engine.cli import TemplateCLI
+    from project.engine.configs import expand_args
 
     monkeypatch.chdir(tmp_path)
     clis = {}

@@ -8,7 +8,7 @@ import pytest
 from folder_helpers import _all, _folder, _module, _save, _setup_warnings
 from PIL import Image
 
-from project.errors import DataError
+from project.engine.errors import DataError
 
 
 # ---------------------------------------------------------------------- bad files

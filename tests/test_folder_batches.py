@@ -11,7 +11,7 @@ from conftest import quiet_trainer
 from folder_helpers import SIZE, _all, _folder, _module
 from torch.utils.data import DistributedSampler, TensorDataset
 
-from project.datamodules.loaders import EpochSeededSampler, ResumableDataLoader
+from project.engine.loaders import EpochSeededSampler, ResumableDataLoader
 
 
 # ---------------------------------------------------------------------- batches
@@ -28,7 +28,7 @@ def test_batches_are_uint8_images_and_int64_labels(tmp_path: Path, cache: str) -
     assert images.dtype == torch.uint8 and images.shape == (24, 3, SIZE, SIZE)
     assert labels.dtype == torch.int64 and sorted(labels.tolist()) == [0] * 8 + [1] * 8 + [2] * 8
     # what the model gets: normalized floats with the training set's statistics
-    floats, _ = dm.on_after_batch_transfer(batches[0], 0)
+    floats = dm.on_after_batch_transfer(batches[0], 0).images
     mean, std = dm.normalization()
     mean, std = torch.tensor(mean).view(3, 1, 1), torch.tensor(std).view(3, 1, 1)
     expected = (batches[0][0].float() / 255 - mean) / std

@@ -13,7 +13,7 @@ from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
 from project.datamodules.images import FolderImageDataset, load_image
-from project.errors import DataError
+from project.engine.errors import DataError
 
 
 # ---------------------------------------------------------------------- conversions

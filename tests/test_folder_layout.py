@@ -12,7 +12,7 @@ import torch
 from folder_helpers import SIZE, _folder, _module, _rgb, _save, _setup_warnings
 from PIL import Image
 
-from project.errors import DataError
+from project.engine.errors import DataError
 
 
 def _names(items: list[tuple[str, int]]) -> set[str]:

@@ -19,9 +19,9 @@ import pytest
 import torch
 from conftest import TINY, run_train
 
-from project import evaluate
-from project.cli import TemplateCLI
-from project.configs import expand_args
+from project.engine import evaluate
+from project.engine.cli import TemplateCLI
+from project.engine.configs import expand_args
 
 pytestmark = pytest.mark.gpu
 

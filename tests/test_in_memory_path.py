@@ -23,9 +23,9 @@ from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
 from project.datamodules.cifar10 import CIFAR10DataModule
-from project.datamodules.loaders import InMemoryLoader
 from project.datamodules.mnist import MNISTDataModule
 from project.datamodules.transforms import BatchAugment, Normalize, RandomCropPadded
+from project.engine.loaders import InMemoryLoader
 
 MEAN, STD = 0.1307, 0.3081
 
@@ -167,7 +167,7 @@ def test_ranks_split_the_data(mnist: MNISTDataModule, n: int) -> None:
 # ---------------------------------------------------------------------------------------------- normalization
 def test_normalized_batch_is_the_textbook_formula(mnist: MNISTDataModule) -> None:
     images, labels = next(iter(_loader(mnist, batch_size=64)))
-    out, out_labels = mnist.on_after_batch_transfer((images, labels), 0)
+    out, _, out_labels = mnist.on_after_batch_transfer((images, labels), 0)
     expected = (images.float() / 255 - MEAN) / STD
     assert out.dtype == torch.float32 and out.shape == images.shape
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
@@ -185,7 +185,7 @@ def test_resized_batch_is_interpolated_then_normalized(data_root: Path) -> None:
     dm = MNISTDataModule(root=str(data_root), batch_size=16, val_size=0, image_size=32, download=False)
     dm.setup("fit")
     images, labels = next(iter(dm.train_dataloader()))
-    out, _ = dm.on_after_batch_transfer((images, labels), 0)
+    out = dm.on_after_batch_transfer((images, labels), 0).images
     resized = torch.nn.functional.interpolate(
         images.float() / 255, size=(32, 32), mode="bilinear", antialias=True, align_corners=False
     )

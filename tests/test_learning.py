@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from fakedata import write_image_folder
 
-from project.cli import main
+from project.engine.cli import main
 
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 

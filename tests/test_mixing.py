@@ -11,9 +11,10 @@ from conftest import TINY
 from lightning.pytorch.plugins.precision import Precision
 from scipy import stats
 
-from project.cli import main as train
 from project.datamodules import MNISTDataModule
 from project.datamodules.mixing import BatchMixing
+from project.engine.api import Batch
+from project.engine.cli import main as train
 from project.models import MLP
 
 
@@ -54,7 +55,7 @@ def test_the_loss_takes_soft_targets_and_the_accuracy_the_labels() -> None:
     with torch.no_grad():
         labels = model(images).argmax(dim=1)
     soft = torch.nn.functional.one_hot((labels + 1) % 3, 3).float() * 0.7 + 0.1  # its argmax is never the label
-    loss = model.training_step((images, soft, labels), 0)
+    loss = model.training_step(Batch(images, soft, labels), 0)
     torch.testing.assert_close(loss, torch.nn.functional.cross_entropy(model(images), soft))
     assert float(model.train_means.compute()["acc"]) == 1.0
 
@@ -65,7 +66,7 @@ def _data(data_root: Path, **augment: object) -> MNISTDataModule:
     return data
 
 
-def _through(data: MNISTDataModule, batch: tuple[torch.Tensor, torch.Tensor], training: bool) -> tuple:
+def _through(data: MNISTDataModule, batch: tuple[torch.Tensor, torch.Tensor], training: bool) -> Batch:
     data.trainer = SimpleNamespace(training=training, precision_plugin=Precision())
     return data.on_after_batch_transfer(batch, 0)
 
@@ -77,7 +78,7 @@ def test_mixing_reaches_training_batches_only(data_root: Path) -> None:
     assert targets.shape == (16, 10) and torch.equal(hard, labels)
     torch.testing.assert_close(targets.sum(dim=1), torch.ones(16))
     assert ((targets > 0).sum(dim=1) <= 2).all() and (targets.max(dim=1).values < 1).any()
-    plain, plain_labels = _through(data, (images, labels), training=False)
+    plain, _, plain_labels = _through(data, (images, labels), training=False)
     torch.testing.assert_close(plain, data.normalizer.from_uint8(images))
     assert torch.equal(plain_labels, labels) and not torch.equal(mixed_images, plain)
 
@@ -88,12 +89,12 @@ def test_auto_augment_draws_per_image_within_bounds_and_spares_evaluation(data_r
     data = _data(data_root, auto_augment=policy)
     image = data.splits["train"][0][:1]
     images, labels = image.expand(16, -1, -1, -1).contiguous(), torch.zeros(16, dtype=torch.long)
-    augmented, _ = _through(data, (images, labels), training=True)
+    augmented = _through(data, (images, labels), training=True).images
     distinct = {tuple(sample.flatten().tolist()) for sample in augmented}
     assert len(distinct) > 4  # one image, sixteen draws
     low, high = data.normalizer.from_uint8(torch.tensor([0, 255], dtype=torch.uint8).view(2, 1, 1, 1))
     assert augmented.min() >= low.item() - 1e-6 and augmented.max() <= high.item() + 1e-6
-    evaluated, _ = _through(data, (images, labels), training=False)
+    evaluated = _through(data, (images, labels), training=False).images
     torch.testing.assert_close(evaluated, data.normalizer.from_uint8(images))
 
 
@@ -102,14 +103,14 @@ def test_random_erasing_erases_a_rectangle_per_image(data_root: Path) -> None:
     data = _data(data_root, random_erasing=1.0)
     images = torch.full((8, 1, 28, 28), 200, dtype=torch.uint8)
     labels = torch.zeros(8, dtype=torch.long)
-    erased, _ = _through(data, (images, labels), training=True)
+    erased = _through(data, (images, labels), training=True).images
     masks = erased == 0  # erased to 0 (the mean colour); the image itself is 200 everywhere
     assert all(mask.any() and not mask.all() for mask in masks)
     for mask in masks:  # a rectangle: its bounding box is all erased
         rows, cols = mask[0].any(dim=1).nonzero(), mask[0].any(dim=0).nonzero()
         assert mask[0, rows.min() : rows.max() + 1, cols.min() : cols.max() + 1].all()
     assert len({tuple(mask.flatten().tolist()) for mask in masks}) > 4  # drawn per image
-    evaluated, _ = _through(data, (images, labels), training=False)
+    evaluated = _through(data, (images, labels), training=False).images
     assert not (evaluated == 0).any()
 
 

@@ -11,7 +11,7 @@ import torch
 from conftest import TINY
 from torch import nn
 
-from project.cli import main as train
+from project.engine.cli import main as train
 from project.models import MLP, Transfer
 
 

@@ -16,11 +16,11 @@ from lightning.pytorch.callbacks import Callback
 from PIL import Image
 from safetensors.torch import load_file
 
-from project import evaluate, export
-from project.callbacks.recipe import LR_FIND_PLOT
-from project.checkpoint import load_model
-from project.cli import main as train
 from project.datamodules import MNISTDataModule
+from project.engine import evaluate, export
+from project.engine.callbacks.recipe import LR_FIND_PLOT
+from project.engine.checkpoint import load_model
+from project.engine.cli import main as train
 
 
 def _logged(run: Path, key: str) -> list[float]:
@@ -72,6 +72,38 @@ def test_averaged_weights_are_validated_tested_checkpointed_and_exported(
     exported = load_file(str(run / "export" / "best.safetensors"))
     ema_best = checkpoint["state_dict"]
     assert all(torch.equal(value, ema_best[f"network.{key}"]) for key, value in exported.items())
+
+
+class RecordStepWeights(Callback):
+    """Keeps a copy of the raw weights (buffers included) after every training batch: one optimizer step each."""
+
+    weights: list[dict[str, torch.Tensor]] = []
+
+    def on_train_batch_end(self, trainer: Any, module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        RecordStepWeights.weights.append({k: v.detach().clone() for k, v in module.network.state_dict().items()})
+
+
+@pytest.mark.slow
+def test_ema_is_the_exponential_average_of_every_steps_weights_at_the_decay_given(
+    tmp_path: Path, data_root: Path
+) -> None:
+    run, record = tmp_path / "run", json.dumps([{"class_path": "test_recipe.RecordStepWeights"}])
+    RecordStepWeights.weights = []
+    args = [*TINY, "--model", "mlp", "--data.root", str(data_root), "--trainer.max_epochs", "2"]
+    args += ["--model.batch_norm", "true", "--trainer.callbacks", record]  # BatchNorm: buffers are averaged too
+    assert train([*args, "--ema_decay", "0.5", "--run_dir", str(run)]) == 0
+    steps = RecordStepWeights.weights
+    assert len(steps) == 6  # 2 epochs of 3 steps
+    last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    # By hand: the EMA starts at the first step's weights, then ema = 0.5 * ema + (1 - 0.5) * weights at every step.
+    averaged = [key for key, value in steps[0].items() if value.is_floating_point()]
+    assert any(key.endswith("running_mean") for key in averaged) and any(key.endswith("weight") for key in averaged)
+    for key in averaged:
+        ema = steps[0][key]
+        for weights in steps[1:]:
+            ema = 0.5 * ema + 0.5 * weights[key]
+        torch.testing.assert_close(last["state_dict"][f"network.{key}"], ema)
+        assert torch.equal(last["current_model_state"][f"network.{key}"], steps[-1][key])  # the raw weights train on
 
 
 class RecordEpochEndWeights(Callback):
@@ -134,7 +166,7 @@ def test_the_batch_size_found_is_trained_with_and_kept_on_resume(
     tmp_path: Path, data_root: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     # The finder's GPU path, run on CPU: only the refusal is told it has a GPU. On 360 images it stops at 8192 x 0.95.
-    monkeypatch.setattr("project.cli.uses_gpu", lambda accelerator: True)
+    monkeypatch.setattr("project.engine.cli.uses_gpu", lambda accelerator: True)
     run = tmp_path / "run"
     args = [*TINY, "--model", "mlp", "--data.root", str(data_root), "--accelerator", "cpu", "--find_batch_size", "true"]
     args += ["--data.batch_size", "16", "--no_test", "true"]

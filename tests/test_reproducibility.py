@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import TINY
 
-from project.cli import main
+from project.engine.cli import main
 
 
 def _train(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, data_root: Path, seed: int, name: str) -> Path:

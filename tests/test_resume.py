@@ -16,7 +16,7 @@ import torch
 from conftest import TINY
 from lightning.pytorch.callbacks import Callback
 
-from project.cli import main
+from project.engine.cli import main
 
 # DeepNet has dropout and batch norm, and the loader shuffles: every source of randomness a resume must restore.
 # No scheduler: a cosine schedule's length depends on max_epochs, so "2 then 4" would differ from "4" by design.

@@ -18,7 +18,7 @@ import torch
 from conftest import REPO, TINY, run_train
 from test_resume import assert_same_training
 
-from project import rundir
+from project.engine import rundir
 
 # Dropout, batch norm, shuffling and augmentation, as in the DDP resume test; W&B (offline) to continue its run.
 ARGS = ["--model", "deepnet", "--model.scheduler", "none", "--data.crop_padding", "2", "--data.rotation", "10"]

@@ -20,8 +20,8 @@ def test_training_steps_do_not_read_device_values_on_the_host(
     """A tensor turned into a Python value waits for the GPU: only every log_every_n_steps and at bar redraws."""
     import lightning as L
 
-    from project.cli import TemplateCLI
-    from project.configs import expand_args
+    from project.engine.cli import TemplateCLI
+    from project.engine.configs import expand_args
 
     reads: list[str] = []
     counting = {"on": False}
@@ -41,7 +41,7 @@ def test_training_steps_do_not_read_device_values_on_the_host(
     # On CPU the gradient clipping reads the norm once a step on purpose (free there: no device to wait for); on a
     # GPU it keeps the norm a tensor. Count what a GPU run would do: its clipping path, run here on CPU tensors. The
     # control keeps the CPU path, which reads at every step: the counter must see those reads.
-    from project.fastpath.clipping import FusedClipping
+    from project.engine.fastpath.clipping import FusedClipping
 
     monkeypatch.setattr(FusedClipping, "reads_norm_on_host", lambda self, grads: norm_on_host)
 

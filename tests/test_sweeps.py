@@ -11,8 +11,8 @@ import pytest
 import wandb  # a dev dependency: missing, these tests fail (a broken install) rather than skip
 import yaml
 
-from project.cli import TemplateCLI
-from project.configs import expand_args
+from project.engine.cli import TemplateCLI
+from project.engine.configs import expand_args
 
 REPO = Path(__file__).resolve().parents[1]
 SWEEPS = sorted((REPO / "configs" / "sweep").glob("*.yaml"))

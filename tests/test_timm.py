@@ -9,11 +9,11 @@ import pytest
 import torch
 from conftest import TINY
 
-from project import evaluate
-from project.cli import main as train
-from project.errors import UserError
+from project.engine import evaluate
+from project.engine.cli import main as train
+from project.engine.errors import UserError
+from project.engine.options import model_preprocessing, resolve_image_size, resolve_normalize
 from project.models import Transfer, backbones
-from project.options import resolve_image_size, resolve_normalize
 
 timm = pytest.importorskip("timm", reason="timm is an optional extra (pip install -e '.[timm]'), not in .[dev]")
 
@@ -28,9 +28,11 @@ def test_a_timm_network_gets_a_new_head_a_gray_stem_and_a_frozen_backbone() -> N
 
 
 def test_timm_preprocessing_comes_from_its_pretrained_config() -> None:
-    assert resolve_image_size("auto", {"backbone": "timm/resnet10t", "weights": "imagenet"}) == 176
-    assert resolve_normalize("auto", {"backbone": "timm/resnet10t", "weights": "imagenet"}) == "imagenet"
-    assert resolve_normalize("auto", {"backbone": "timm/vit_tiny_patch16_224", "weights": "imagenet"}) == "inception"
+    resnet = model_preprocessing(Transfer, {"backbone": "timm/resnet10t", "weights": "imagenet"})
+    vit = model_preprocessing(Transfer, {"backbone": "timm/vit_tiny_patch16_224", "weights": "imagenet"})
+    assert resolve_image_size("auto", resnet) == 176
+    assert resolve_normalize("auto", resnet) == "imagenet"
+    assert resolve_normalize("auto", vit) == "inception"
 
 
 def test_unknown_timm_names_and_missing_weights_are_one_line_errors(monkeypatch: pytest.MonkeyPatch) -> None:

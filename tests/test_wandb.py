@@ -15,8 +15,8 @@ import pytest
 import torch
 from conftest import TINY
 
-from project.cli import main
-from project.loggers import WANDB_RUN_ID_KEY, WandbOptions, make_loggers, wandb_mode
+from project.engine.cli import main
+from project.engine.loggers import WANDB_RUN_ID_KEY, WandbOptions, make_loggers, wandb_mode
 
 # wandb is a dev dependency (pyproject.toml): where it is missing, the tests that use it fail (a broken install), they
 # do not skip. It is not imported here, so that test_project_runs_without_wandb_installed, which hides it, runs
@@ -155,7 +155,8 @@ def test_project_runs_without_wandb_installed(
     runner = (
         "import sys; sys.modules['wandb'] = None  # any 'import wandb' now raises ImportError\n"
         "try:\n    import wandb\nexcept ImportError:\n    pass\nelse:\n    sys.exit('wandb is still importable')\n"
-        "from project.cli import main; import project.evaluate, project.predict, project.export\n"
+        "from project.engine.cli import main\n"
+        "import project.engine.evaluate, project.engine.predict, project.engine.export\n"
         "sys.exit(main(sys.argv[1:]))"
     )
     trained = subprocess.run(

@@ -1,1 +1,1 @@
-"""Callbacks the template adds to Lightning's own (which are configured, not rewritten)."""
+"""Callbacks of the recipe, which a user may change or add to: EMA/SWA weight averaging, backbone unfreezing."""

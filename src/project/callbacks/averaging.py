@@ -7,27 +7,15 @@ exports) hold the averaged weights; the raw ones train on, saved beside them as 
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import EMAWeightAveraging, WeightAveraging
 
-from project import compat
-from project.errors import UserError
+from project.engine.api import UserError, optimizer_steps_per_epoch
 
 
-class _Unsharded:
-    """Lightning's weight averaging warns about any model with a ``configure_model`` hook, for sharded models."""
-
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        with warnings.catch_warnings():
-            # ImageClassifier.configure_model sets the memory format and compiles: it shards nothing.
-            warnings.filterwarnings("ignore", message="You're using the WeightAveraging callback with a model that")
-            super().setup(trainer, pl_module, stage)  # type: ignore[misc]
-
-
-class EMA(_Unsharded, EMAWeightAveraging):
+class EMA(EMAWeightAveraging):
     """Lightning's EMA of the weights, which tests (and validates outside fit) what the checkpoint's ``state_dict``
     holds: the averaged weights.
 
@@ -40,7 +28,7 @@ class EMA(_Unsharded, EMAWeightAveraging):
             super().on_load_checkpoint(trainer, pl_module, checkpoint)
 
 
-class SWA(_Unsharded, WeightAveraging):
+class SWA(WeightAveraging):
     """Stochastic weight averaging: the equal average of the weights at the end of every epoch from
     ``swa_epoch_start`` on, while the learning rate anneals (cosine, over ``annealing_epochs``) to ``swa_lrs``.
 
@@ -73,7 +61,7 @@ class SWA(_Unsharded, WeightAveraging):
         return self.swa_epoch_start - 1
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        steps = compat.optimizer_steps_per_epoch(trainer)
+        steps = optimizer_steps_per_epoch(trainer)
         if steps is None:
             raise UserError("--swa_lrs averages at every epoch's end: it needs training data of known length")
         self._steps_per_epoch = steps

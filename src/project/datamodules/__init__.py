@@ -3,7 +3,6 @@
 from project.datamodules.base import ImageDataModule
 from project.datamodules.cifar10 import CIFAR10DataModule
 from project.datamodules.folder import FolderDataModule
-from project.datamodules.loaders import InMemoryLoader
 from project.datamodules.mnist import MNISTDataModule
 
-__all__ = ["CIFAR10DataModule", "FolderDataModule", "ImageDataModule", "InMemoryLoader", "MNISTDataModule"]
+__all__ = ["CIFAR10DataModule", "FolderDataModule", "ImageDataModule", "MNISTDataModule"]

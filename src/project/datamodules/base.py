@@ -2,8 +2,9 @@
 
 Small data sets (MNIST, CIFAR-10) are parsed once into one ``uint8`` tensor per split and served by
 :class:`InMemoryLoader`, which slices a shuffled index: no per-sample ``__getitem__``, no PIL, no collate.
-Every data module hands the model ``uint8`` batches; :meth:`ImageDataModule.on_after_batch_transfer` turns them
-into normalized floats and augments them, on the device, a whole batch at a time.
+Every data module hands over ``uint8`` batches; on the device they become normalized, augmented floats, a whole
+batch at a time, and every step receives them as one :class:`~project.engine.api.Batch`
+(:class:`~project.datamodules.device_batches.DeviceBatches`).
 """
 
 from __future__ import annotations
@@ -13,18 +14,16 @@ from typing import Any, Literal
 import lightning as L
 import torch
 from torch import Tensor
-from torch.nn import functional as F
 
-from project.datamodules.loaders import InMemoryLoader, loader_seed
+from project.datamodules.device_batches import DeviceBatches
 from project.datamodules.mixing import AutoAugmentName, BatchMixing, PerImagePolicy
 from project.datamodules.transforms import BatchAugment, Normalize
-from project.errors import DataError
-from project.options import IMAGENET_STATS, INCEPTION_STATS
+from project.engine.api import IMAGENET_STATS, INCEPTION_STATS, DataError, InMemoryLoader, loader_seed
 
 NormalizeMode = Literal["auto", "dataset", "imagenet", "inception", "none"]
 
 
-class ImageDataModule(L.LightningDataModule):
+class ImageDataModule(DeviceBatches, L.LightningDataModule):
     """Base class of the image data modules.
 
     Args:
@@ -186,56 +185,6 @@ class ImageDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> InMemoryLoader:
         return self._loader("test", shuffle=False)
-
-    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
-        # The in-memory splits already live on the training device: nothing to copy, and no need for Lightning's
-        # generic walk through the batch (a few dozen Python calls per step).
-        if isinstance(batch, (tuple, list)) and all(isinstance(t, Tensor) and t.device == device for t in batch):
-            return batch
-        return super().transfer_batch_to_device(batch, device, dataloader_idx)
-
-    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        images, labels = batch
-        trainer = self.trainer
-        training = trainer is not None and trainer.training
-        if training:
-            images = self.per_image.on_uint8(images)
-        images = self._network_input(images, trainer)
-        if training and (self.per_image.erasing is not None or self.mixing is not None):
-            images = self.per_image.on_normalized(images)
-            if self.mixing is not None:  # soft targets for the loss, the labels for the accuracy
-                images, targets = self.mixing(images, labels)
-                batch = (images.contiguous(memory_format=self.memory_format), targets, labels)
-                return trainer.precision_plugin.convert_input(batch)
-            images = images.contiguous(memory_format=self.memory_format)
-        if trainer is not None:
-            # Lightning casts floating-point batches to the weights' dtype (bf16-true, 16-true, 64-true) before this
-            # hook, when these were still uint8: the same cast, here. Every other precision leaves them unchanged.
-            images = trainer.precision_plugin.convert_input(images)
-        return images, labels
-
-    def _network_input(self, images: Tensor, trainer: L.Trainer | None) -> Tensor:
-        """A ``uint8`` batch on the device → resized, augmented (training only), normalized float32 batch."""
-        memory_format = self.memory_format
-        size = self.input_shape[1:]
-        resize = tuple(images.shape[-2:]) != size
-        augment = self.augment if len(self.augment) > 0 and trainer is not None and trainer.training else None
-        if augment is not None and not resize and augment.only_moves_pixels:
-            # Crops and flips only move pixels: on the uint8 batch they move a quarter of the bytes, same result.
-            images, augment = augment(images), None
-        if not resize and augment is None and self.normalizer is not None:
-            # uint8 → normalized float32 in the network's memory layout, in one pass over the batch.
-            return self.normalizer.from_uint8(images, memory_format)
-        images = images.float().div_(255)
-        if resize:
-            # Antialiasing changes only shrinking; enlarging (CIFAR to 224 px) gives the same values without it.
-            shrink = any(new < old for new, old in zip(size, images.shape[-2:], strict=True))
-            images = F.interpolate(images, size=size, mode="bilinear", antialias=shrink, align_corners=False)
-        if augment is not None:
-            images = augment(images)
-        if self.normalizer is not None:
-            return self.normalizer(images, memory_format)
-        return images.contiguous(memory_format=memory_format)
 
 
 def _match_channels(

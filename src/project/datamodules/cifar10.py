@@ -12,7 +12,7 @@ from torch import Tensor
 from torchvision.datasets.utils import download_and_extract_archive
 
 from project.datamodules.base import ImageDataModule, uint8_images
-from project.errors import DataError
+from project.engine.api import DataError
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 ARCHIVE_MD5 = "c58f30108f718f92721af3b95e74349a"

@@ -10,7 +10,7 @@ from typing import NamedTuple
 import torch
 
 from project.datamodules.images import IMAGE_EXTENSIONS
-from project.errors import DataError
+from project.engine.api import DataError
 
 SPLITS = ("train", "val", "test")
 _VAL_FOLDERS = ("val", "valid", "validation")

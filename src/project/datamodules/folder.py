@@ -16,14 +16,15 @@ from torch.utils.data import DataLoader
 from project.datamodules.base import ImageDataModule
 from project.datamodules.files import SPLITS, Item, Scan, carve, scan_folder
 from project.datamodules.images import DEFAULT_MAX_IMAGE_PIXELS, FolderImageDataset, decode_files
-from project.datamodules.loaders import EpochSeededSampler, InMemoryLoader, ResumableDataLoader, loader_seed
 from project.datamodules.transforms import Normalize
-from project.errors import DataError
+from project.engine.api import DataError, EpochSeededSampler, InMemoryLoader, ResumableDataLoader, loader_seed
 
 #: Bad files listed in full in the warning or error; the rest are counted.
 _LISTED = 20
 
 CacheMode = Literal["auto", "always", "never"]
+#: The square size images are decoded to unless ``image_size`` says otherwise (``auto`` with no pretrained weights).
+DEFAULT_IMAGE_SIZE = 64
 
 
 class FolderDataModule(ImageDataModule):
@@ -43,7 +44,7 @@ class FolderDataModule(ImageDataModule):
     folders) that resolve outside ``root``; symlinks inside ``root`` are followed.
 
     Batches are ``uint8`` images of ``(image_channels, image_size, image_size)``, served from memory by
-    :class:`~project.datamodules.loaders.InMemoryLoader` or decoded again in ``DataLoader`` workers (see
+    :class:`~project.engine.loaders.InMemoryLoader` or decoded again in ``DataLoader`` workers (see
     ``cache``); normalization and augmentation run on the device, a batch at a time.
 
     ``normalize="auto"`` or ``"dataset"`` uses the mean and standard deviation of the training images, per
@@ -51,7 +52,8 @@ class FolderDataModule(ImageDataModule):
 
     Args:
         root: The image folder.
-        image_size: Images are resized to ``image_size`` × ``image_size`` (aspect ratio not kept).
+        image_size: Images are resized to ``image_size`` × ``image_size`` (aspect ratio not kept); ``auto``: the
+            pretrained weights' size on the command line, else 64.
         image_channels: 3 (RGB) or 1 (gray); every image is converted to it. (Not ``channels``: Lightning
             logs the model's and the data's hyperparameters together, and the CNN's ``channels`` are widths.)
         val_size: Fraction (< 1) of each class's training images held out for validation when there is no
@@ -73,7 +75,7 @@ class FolderDataModule(ImageDataModule):
     def __init__(
         self,
         root: str = "data/images",
-        image_size: int = 64,
+        image_size: int | Literal["auto"] = DEFAULT_IMAGE_SIZE,
         image_channels: int = 3,
         val_size: float = 0.1,
         test_size: float = 0.1,
@@ -83,6 +85,8 @@ class FolderDataModule(ImageDataModule):
         max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
         **kwargs: Any,
     ) -> None:
+        if image_size == "auto":  # no model asked for a size (the command line resolves it for pretrained weights)
+            image_size = DEFAULT_IMAGE_SIZE
         if image_size is None or image_size < 1:
             raise ValueError(f"image_size must be a positive number of pixels, got {image_size}")
         if image_channels not in (1, 3):

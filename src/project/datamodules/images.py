@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms.v2 import functional as TF
 
-from project.errors import DataError, first_line
+from project.engine.api import DataError, first_line
 
 #: File name endings read as images (compared in lower case). Anything else in a class folder is ignored.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")

@@ -11,7 +11,7 @@ from torch import Tensor
 from torchvision.datasets import MNIST
 
 from project.datamodules.base import ImageDataModule, uint8_images
-from project.errors import DataError, first_line
+from project.engine.api import DataError, first_line
 
 
 class MNISTDataModule(ImageDataModule):

@@ -16,7 +16,7 @@ import torch
 import torchvision
 from torch import nn
 
-from project.errors import UserError
+from project.engine.api import Preprocessing, UserError
 
 TIMM_PREFIX = "timm/"
 #: Built without their auxiliary heads (which only train with a loss of their own).
@@ -55,7 +55,7 @@ def default_weights(name: str) -> Any:
     return torchvision.models.get_model_weights(name).DEFAULT
 
 
-def preferred_preprocessing(name: str) -> dict[str, Any]:
+def preferred_preprocessing(name: str) -> Preprocessing:
     """The input size and normalization the backbone's pretrained weights were trained with.
 
     ``{"image_size": int, "mean": (...), "std": (...)}`` from ``weights.transforms()`` (torchvision) or the

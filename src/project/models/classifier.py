@@ -13,11 +13,11 @@ from typing import Any, ClassVar
 import lightning as L
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from project import fastpath
-from project.compat import FastHookBookkeeping, attached_trainer
+from project.engine.api import Batch, Preprocessing
 from project.models.metrics import TrainingMeans
 from project.models.recipe import (
     OptimizerName,
@@ -29,8 +29,11 @@ from project.models.recipe import (
 )
 
 
-class ImageClassifier(FastHookBookkeeping, L.LightningModule):
+class ImageClassifier(L.LightningModule):
     """Cross-entropy classification of ``(N, C, H, W)`` float images into ``num_classes`` classes.
+
+    A subclass builds ``self.network`` in ``__init__``; to change the loss it overrides :meth:`loss`; a model with
+    pretrained weights says what input they expect in :meth:`pretrained_preprocessing`.
 
     Args:
         num_classes: Number of classes.
@@ -48,9 +51,10 @@ class ImageClassifier(FastHookBookkeeping, L.LightningModule):
         step_size: Epochs between decays for ``step``; patience in epochs for ``plateau``.
         gamma: Decay factor for ``step`` and ``plateau``.
         warmup_epochs: Warm-up length for ``warmup_cosine``.
-        label_smoothing: Label smoothing of the training loss.
-        compile: Compile the network with ``torch.compile`` when training starts.
-        channels_last: Use the channels-last memory format; ``None`` picks it for conv nets on a GPU.
+        label_smoothing: Label smoothing of the loss (:meth:`loss`: in training and in every logged loss).
+        compile: Compile the network with ``torch.compile`` (applied by the engine when training starts).
+        channels_last: Compute in the channels-last memory format; ``None`` lets the engine pick it for conv nets on
+            a GPU.
     """
 
     network: nn.Module  #: built by each subclass's __init__
@@ -87,7 +91,6 @@ class ImageClassifier(FastHookBookkeeping, L.LightningModule):
             raise ValueError("weight_decay and warmup_epochs must not be negative")
         # Plain values only, so checkpoints load with torch.load(weights_only=True).
         self.save_hyperparameters()
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         # validate_args=False: its checks wait for the GPU at every step; the labels were checked when loaded.
         self.val_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
         self.test_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
@@ -99,18 +102,33 @@ class ImageClassifier(FastHookBookkeeping, L.LightningModule):
         # A buffer, not a float: saved in checkpoints, so a resumed run keeps its best value.
         self.register_buffer("best_val_acc", torch.tensor(0.0))
 
+    @classmethod
+    def pretrained_preprocessing(cls, **init_args: Any) -> Preprocessing | None:
+        """The input size and normalization this model's pretrained weights expect, given its constructor
+        arguments; ``None`` (the default: no pretrained weights) lets the data set choose.
+
+        The command line asks it: ``--data.image_size auto`` and ``--data.normalize auto`` become what it returns.
+        """
+        return None
+
     def forward(self, images: Tensor) -> Tensor:
         return self.network(images)
 
+    def loss(self, logits: Tensor, targets: Tensor) -> Tensor:
+        """The loss of each sample, ``(N,)``: the one loss, which trains and which every logged loss reports.
+
+        ``targets`` are class indices ``(N,)``, or class probabilities ``(N, num_classes)`` for batches mixed by
+        MixUp/CutMix. Override it to change the loss everywhere: training, ``val/loss``, ``test/loss``, the epoch
+        means (exact under DDP) and ``evaluate.py``. Label smoothing is part of it, so it is in every logged loss.
+        """
+        return F.cross_entropy(logits, targets, label_smoothing=self.hparams.label_smoothing, reduction="none")
+
     # ------------------------------------------------------------------ steps
-    def training_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor:
-        # (images, labels), or with MixUp/CutMix (images, soft targets, labels): the loss takes the soft targets
-        # (cross-entropy accepts class probabilities), the accuracy the labels.
-        images, targets, *labels = batch
-        logits = self(images)
-        loss = self.criterion(logits, targets)
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        logits = self(batch.images)
+        loss = self.loss(logits, batch.targets).mean()
         # Device-side sums, logged once per epoch; the step loss is logged from the returned value.
-        self.train_means.update(loss, logits, labels[0] if labels else targets)
+        self.train_means.update(loss, logits, batch.labels)
         return loss
 
     def on_train_epoch_end(self) -> None:
@@ -121,24 +139,23 @@ class ImageClassifier(FastHookBookkeeping, L.LightningModule):
         self.log("train/acc", means["acc"])
         self.train_means.reset()
 
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
+    def validation_step(self, batch: Batch, batch_idx: int) -> dict[str, Tensor]:
         return self._evaluate(batch, "val", self.val_acc, self.val_loss)
 
-    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
+    def test_step(self, batch: Batch, batch_idx: int) -> dict[str, Tensor]:
         return self._evaluate(batch, "test", self.test_acc, self.test_loss)
 
     def _evaluate(
-        self, batch: tuple[Tensor, Tensor], stage: str, accuracy: MulticlassAccuracy, mean_loss: MeanMetric
+        self, batch: Batch, stage: str, accuracy: MulticlassAccuracy, mean_loss: MeanMetric
     ) -> dict[str, Tensor]:
-        images, targets = batch
-        logits = self(images)
-        # Without label smoothing: comparable across runs.
-        losses = nn.functional.cross_entropy(logits, targets, reduction="none")
-        accuracy.update(logits, targets)
-        mean_loss.update(losses)
+        logits = self(batch.images)
+        losses = self.loss(logits, batch.targets)
+        # Per sample: exact means over shards of any size (a loss that returns the batch mean counts per sample too).
+        mean_loss.update(losses.expand(batch.labels.shape[0]) if losses.ndim == 0 else losses)
+        accuracy.update(logits, batch.labels)
         self.log(f"{stage}/loss", mean_loss, on_epoch=True, prog_bar=stage == "val")
         self.log(f"{stage}/acc", accuracy, on_epoch=True, prog_bar=stage == "val")
-        return {"logits": logits.detach(), "targets": targets}  # for the classification dashboard
+        return {"logits": logits.detach(), "targets": batch.labels}  # for the classification dashboard
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
@@ -147,8 +164,8 @@ class ImageClassifier(FastHookBookkeeping, L.LightningModule):
         self.best_val_acc = torch.maximum(self.best_val_acc, self.val_acc.compute().to(self.best_val_acc))
         self.log("val/acc_best", self.best_val_acc)
 
-    def predict_step(self, batch: Tensor | tuple[Tensor, ...], batch_idx: int) -> Tensor:
-        images = batch[0] if isinstance(batch, (tuple, list)) else batch
+    def predict_step(self, batch: Batch | Tensor, batch_idx: int) -> Tensor:
+        images = batch.images if isinstance(batch, Batch) else batch
         return self(images).softmax(dim=-1)
 
     # ------------------------------------------------------------------ optimization
@@ -156,11 +173,10 @@ class ImageClassifier(FastHookBookkeeping, L.LightningModule):
         hp = self.hparams
         # Only trainable parameters: a frozen backbone is added later by the fine-tuning callback.
         params = [p for p in self.parameters() if p.requires_grad]
-        fused = fastpath.fused_optimizer(attached_trainer(self), params)
         groups = parameter_groups(
             self, params, hp.lr, hp.weight_decay, hp.get("decay_norm_and_bias", True), self.lr_scales()
         )
-        optimizer = make_optimizer(hp.optimizer, groups, hp.lr, hp.momentum, hp.weight_decay, fused)
+        optimizer = make_optimizer(hp.optimizer, groups, hp.lr, hp.momentum, hp.weight_decay)
         scheduler = make_scheduler(hp.scheduler, optimizer, hp.step_size, hp.gamma, hp.warmup_epochs)
         return {"optimizer": optimizer, "lr_scheduler": scheduler} if scheduler else optimizer
 
@@ -170,19 +186,3 @@ class ImageClassifier(FastHookBookkeeping, L.LightningModule):
 
     def on_train_start(self) -> None:
         fit_cosine_schedules(self.trainer)
-
-    # ------------------------------------------------------------------ memory layout and compilation
-    def uses_channels_last(self, device: torch.device) -> bool:
-        """Whether the network computes in channels-last (``channels_last``; by default conv nets on a GPU)."""
-        if self.hparams.channels_last is not None:
-            return bool(self.hparams.channels_last)
-        return device.type == "cuda" and any(isinstance(m, nn.Conv2d) for m in self.network.modules())
-
-    def configure_model(self) -> None:
-        # Called before the model moves to its device (and by load_from_checkpoint, with no trainer).
-        trainer = attached_trainer(self)
-        if self.uses_channels_last(trainer.strategy.root_device if trainer is not None else self.device):
-            self.network.to(memory_format=torch.channels_last)
-        if self.hparams.compile and not getattr(self, "_compiled", False):
-            self.network.compile()  # unlike torch.compile(module), keeps the state_dict's keys
-            self._compiled = True

@@ -21,7 +21,7 @@ class CNN(ImageClassifier):
 
     def __init__(
         self,
-        channels: list[int] | tuple[int, ...] = (32, 64, 128),
+        channels: list[int] | tuple[int, ...] = (16, 32, 64),
         convs_per_stage: int = 2,
         dropout: float = 0.25,
         **kwargs: Any,

@@ -9,21 +9,22 @@ import torch
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import nn
 
-from project import compat
+from project.engine.api import optimizer_steps_per_epoch
 
 OptimizerName = Literal["adam", "adamw", "sgd"]
 SchedulerName = Literal["none", "step", "plateau", "cosine", "warmup_cosine"]
 
 
 def make_optimizer(
-    name: OptimizerName, params: list[Any], lr: float, momentum: float, weight_decay: float, fused: bool | None
+    name: OptimizerName, params: list[Any], lr: float, momentum: float, weight_decay: float
 ) -> torch.optim.Optimizer:
-    """Adam, AdamW (decoupled weight decay) or SGD with momentum; ``fused`` picks PyTorch's one-pass kernel."""
+    """Adam, AdamW (decoupled weight decay) or SGD with momentum. (The engine switches them to PyTorch's fused
+    one-pass kernel where the run allows it.)"""
     if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=fused)
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused)
-    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, fused=fused)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
 
 
 #: Layers whose parameters scale or shift activations: weight decay pulls them towards 0, not towards simplicity.
@@ -115,7 +116,7 @@ def fit_cosine_schedules(trainer: Any) -> None:
     stretched to the new length instead of training at learning rate 0.
     """
     total_steps = max(1, int(trainer.estimated_stepping_batches))
-    steps_per_epoch = compat.optimizer_steps_per_epoch(trainer)
+    steps_per_epoch = optimizer_steps_per_epoch(trainer)
     for config in trainer.lr_scheduler_configs:
         scheduler = config.scheduler
         schedules = getattr(scheduler, "lr_lambdas", [])

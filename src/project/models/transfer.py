@@ -10,7 +10,7 @@ from lightning.pytorch.callbacks import BaseFinetuning
 from torch import nn
 
 from project.callbacks.finetuning import UnfreezeBackbone
-from project.errors import UserError
+from project.engine.api import Preprocessing, UserError
 from project.models import backbones
 from project.models.classifier import ImageClassifier
 
@@ -35,7 +35,7 @@ class Transfer(ImageClassifier):
         **kwargs: Shapes and training options of :class:`ImageClassifier`.
 
     With pretrained weights the command line normalizes inputs as the weights expect, and ``--data.image_size auto``
-    resizes them to the weights' preferred size (:func:`project.options.resolve_normalize`, ``resolve_image_size``).
+    resizes them to the weights' preferred size (:meth:`pretrained_preprocessing`).
     One-channel inputs (MNIST) get a one-channel first convolution whose kernel is the sum of the pretrained RGB
     kernels: the same output as the gray image on all three channels.
     """
@@ -67,6 +67,14 @@ class Transfer(ImageClassifier):
             backbones.load_into(self.network, _load_state_file(weights), weights)
         if finetune == "head":
             BaseFinetuning.freeze(self.backbone, train_bn=False)
+
+    @classmethod
+    def pretrained_preprocessing(cls, *, backbone: str, weights: str, **init_args: Any) -> Preprocessing | None:
+        """Pretrained weights (``imagenet`` or a file of them): the input size and normalization of the backbone's
+        weights (torchvision's ``weights.transforms()``, timm's pretrained config); ``none``: the data's own."""
+        if str(weights).lower() == "none":
+            return None
+        return backbones.preferred_preprocessing(backbone)
 
     @property
     def backbone(self) -> nn.Module:
@@ -119,7 +127,7 @@ class Transfer(ImageClassifier):
 def _load_state_file(weights: str) -> dict[str, torch.Tensor]:
     if not os.path.isfile(weights):
         raise UserError(f"--model.weights: no such file {weights!r}; use imagenet, none, or a state dict path")
-    from project.checkpoint import load_checkpoint_file
+    from project.engine.api import load_checkpoint_file
 
     loaded = load_checkpoint_file(weights)
     if "state_dict" in loaded:  # a checkpoint of this template: strip the LightningModule's prefix

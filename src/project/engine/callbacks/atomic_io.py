@@ -42,7 +42,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def load_checkpoint(
         self, path: _PATH, map_location: Any | None = None, weights_only: bool | None = None
     ) -> dict[str, Any]:
-        from project.checkpoint import load_checkpoint_file
+        from project.engine.checkpoint import load_checkpoint_file
 
         if weights_only is False:
             raise ValueError("checkpoints are only ever loaded with weights_only=True")

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from project.errors import UserError
+from project.engine.errors import UserError
 
 #: Mean and standard deviation of ImageNet's pixels in [0, 1], per RGB channel (what pretrained weights expect).
 IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -40,12 +40,18 @@ def resolve_precision(precision: str | None, accelerator: str | None) -> str:
     return "bf16-mixed" if uses_gpu(accelerator) and torch.cuda.is_bf16_supported() else "32-true"
 
 
-def resolve_normalize(normalize: str, model_args: dict[str, Any]) -> str:
-    """``auto`` → the statistics a model's pretrained ``weights`` expect (``imagenet``, or ``inception``'s 0.5 for
-    the backbones trained so, from their weights' transforms), else the data set's own."""
+def model_preprocessing(model_class: type, init_args: dict[str, Any]) -> dict[str, Any] | None:
+    """The input size and normalization a model's pretrained weights expect, as its class declares them
+    (``pretrained_preprocessing``, given its constructor arguments), or ``None``: the data set's own."""
+    declare = getattr(model_class, "pretrained_preprocessing", None)
+    return None if declare is None else declare(**constructor_args(init_args))
+
+
+def resolve_normalize(normalize: str, preferred: dict[str, Any] | None) -> str:
+    """``auto`` → the statistics a model's pretrained weights expect (``preferred``, from
+    :func:`model_preprocessing`: ``imagenet``, or ``inception``'s 0.5), else the data set's own."""
     if normalize != "auto":
         return normalize
-    preferred = pretrained_preprocessing(model_args)
     if preferred is None:
         return "dataset"
     for name, stats in (("imagenet", IMAGENET_STATS), ("inception", INCEPTION_STATS)):
@@ -56,22 +62,12 @@ def resolve_normalize(normalize: str, model_args: dict[str, Any]) -> str:
     return "imagenet"
 
 
-def resolve_image_size(image_size: int | str | None, model_args: dict[str, Any]) -> int | None:
-    """``auto`` → the input size a model's pretrained ``weights`` were trained at (224 for most), else the data's."""
-    if image_size != "auto":
-        return image_size  # type: ignore[return-value]
-    preferred = pretrained_preprocessing(model_args)
-    return None if preferred is None else int(preferred["image_size"])
-
-
-def pretrained_preprocessing(model_args: dict[str, Any]) -> dict[str, Any] | None:
-    """Input size, mean and std of a model's pretrained weights, or ``None`` without (``weights: none``)."""
-    weights = str(model_args.get("weights", "none")).lower()
-    if weights == "none":
-        return None
-    from project.models.backbones import preferred_preprocessing  # the models import this module
-
-    return preferred_preprocessing(str(model_args.get("backbone") or "resnet18"))
+def resolve_image_size(image_size: int | str | None, preferred: dict[str, Any] | None) -> int | str | None:
+    """``auto`` → the input size a model's pretrained weights were trained at (``preferred``, from
+    :func:`model_preprocessing`); without one, ``auto`` stays for the data module to read as its own size."""
+    if image_size != "auto" or preferred is None:
+        return image_size
+    return int(preferred["image_size"])
 
 
 def import_class(class_path: str, base: type[T], what: str) -> type[T]:

@@ -16,7 +16,7 @@ import torch
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import Callback
 
-from project import compat, rundir
+from project.engine import compat, rundir
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -27,7 +27,7 @@ class TrainingInterrupted(SystemExit):
     """Training stopped on a signal after writing ``checkpoint``; the exit code is ``128 + signum``.
 
     A ``SystemExit``, like Lightning's own ``SIGTERMException``: whoever does not catch it still exits with the
-    right code and no traceback. :func:`project.cli.train` catches it to write the summary first.
+    right code and no traceback. :func:`project.engine.cli.train` catches it to write the summary first.
     """
 
     def __init__(self, signum: int, checkpoint: str) -> None:
@@ -50,7 +50,8 @@ class GracefulInterrupt(Callback):
     and then rank 0 requeues the job (``scontrol requeue``, as Lightning does). Lightning's own handler is replaced
     because it writes its ``hpc_ckpt_N.ckpt`` inside the signal handler, wherever the training step happens to be
     (in the middle of an optimizer step, say), and then trains on: here the checkpoint is ``last.ckpt`` at a batch
-    boundary, resumed exactly by the requeued job (see :func:`project.rundir.slurm_job_args`), and the process ends.
+    boundary, resumed exactly by the requeued job (see :func:`~project.engine.rundir.slurm_job_args`), and the process
+    ends.
 
     Under DDP the ranks agree on stopping every ``sync_every_n_steps`` steps (one tiny all-reduce), so that all of
     them write the checkpoint together and stop at the same step even when only one received the signal.

@@ -9,7 +9,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from project import rundir
+from project.engine import rundir
 
 
 class NonFiniteLossError(RuntimeError):

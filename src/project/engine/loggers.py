@@ -21,8 +21,8 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-from project import rundir
-from project.errors import UserError
+from project.engine import rundir
+from project.engine.errors import UserError
 
 #: Checkpoint key holding the W&B run id, so that ``--resume`` continues the same W&B run.
 WANDB_RUN_ID_KEY = "wandb_run_id"

@@ -34,8 +34,8 @@ from torchmetrics.classification import (
     MulticlassRecall,
 )
 
-from project import plots
-from project.callbacks.dashboard_report import Report
+from project.engine import plots
+from project.engine.callbacks.dashboard_report import Report
 
 STAGES = ("val", "test")
 

@@ -11,8 +11,8 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from project.entrypoint import ArgumentParser, run_main
-from project.errors import UserError
+from project.engine.entrypoint import ArgumentParser, run_main
+from project.engine.errors import UserError
 
 #: The curves drawn, one panel each: (metrics.csv column, panel title).
 CURVES = (("val/acc", "validation accuracy"), ("val/loss", "validation loss"), ("train/loss_epoch", "training loss"))

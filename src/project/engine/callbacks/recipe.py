@@ -16,7 +16,7 @@ from lightning.pytorch.callbacks import BatchSizeFinder, Callback, LearningRateF
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from project.callbacks.averaging import EMA, SWA
-from project.errors import UserError
+from project.engine.errors import UserError
 
 LR_FIND_PLOT = "lr_find.png"
 

@@ -11,8 +11,8 @@ from typing import Any
 import lightning as L
 import torch
 
-from project.errors import CheckpointError, UserError, first_line
-from project.options import constructor_args, import_class
+from project.engine.errors import CheckpointError, UserError, first_line
+from project.engine.options import constructor_args, import_class
 
 
 def load_checkpoint_file(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -20,11 +20,11 @@ import torch
 from torch import Tensor
 from torchvision.transforms.v2 import functional as TF
 
-from project.checkpoint import load_model
 from project.datamodules.images import IMAGE_EXTENSIONS, load_image
-from project.entrypoint import CKPT_HELP, ArgumentParser, run_main
-from project.errors import DataError, UserError
-from project.options import uses_gpu
+from project.engine.checkpoint import load_model
+from project.engine.entrypoint import CKPT_HELP, ArgumentParser, run_main
+from project.engine.errors import DataError, UserError
+from project.engine.options import uses_gpu
 
 #: Rows shown in the printed table; the CSV has them all.
 SHOWN = 20

@@ -9,7 +9,7 @@ The metrics are printed and written to ``<run>/eval/eval.json`` (or ``--output F
 dashboard (confusion matrix, per-class scores, worst predictions) next to it under ``test/``.
 
 Under torchrun (one node or several) each process tests its own share of the test set and global rank 0 writes
-and prints the synchronized results, the same as one process's (:mod:`project.distributed_eval`).
+and prints the synchronized results, the same as one process's (:mod:`project.engine.distributed_eval`).
 """
 
 from __future__ import annotations
@@ -25,14 +25,21 @@ import lightning as L
 import yaml
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 
-from project import distributed_eval, fastpath
-from project.callbacks.dashboard import ClassificationDashboard
-from project.checkpoint import load_checkpoint_file, model_from_checkpoint
-from project.configs import short_names
 from project.datamodules.base import ImageDataModule
-from project.entrypoint import CKPT_HELP, ArgumentParser, checkpoint_run_dir, run_main
-from project.errors import UserError, first_line
-from project.options import check_gpu, constructor_args, import_class, resolve_normalize, resolve_precision
+from project.engine import distributed_eval, fastpath
+from project.engine.callbacks.dashboard import ClassificationDashboard
+from project.engine.checkpoint import load_checkpoint_file, model_from_checkpoint
+from project.engine.configs import short_names
+from project.engine.entrypoint import CKPT_HELP, ArgumentParser, checkpoint_run_dir, run_main
+from project.engine.errors import UserError, first_line
+from project.engine.options import (
+    check_gpu,
+    constructor_args,
+    import_class,
+    model_preprocessing,
+    resolve_normalize,
+    resolve_precision,
+)
 
 
 # ---------------------------------------------------------------------------------------------- the data
@@ -68,7 +75,7 @@ def _named_data_config(data: str) -> tuple[str, dict[str, Any]]:
 
 
 def make_datamodule(
-    class_path: str, init_args: dict[str, Any], model_hparams: dict[str, Any]
+    class_path: str, init_args: dict[str, Any], model: L.LightningModule
 ) -> tuple[L.LightningDataModule, dict[str, Any]]:
     """The data module ``class_path`` with ``init_args``, and the arguments it got; one-line errors for mistakes.
 
@@ -77,7 +84,8 @@ def make_datamodule(
     """
     data_class = import_class(class_path, L.LightningDataModule, "data module")
     if issubclass(data_class, ImageDataModule) or "normalize" in inspect.signature(data_class).parameters:
-        normalize = resolve_normalize(init_args.get("normalize", "auto"), model_hparams)
+        preferred = model_preprocessing(type(model), dict(model.hparams))
+        normalize = resolve_normalize(init_args.get("normalize", "auto"), preferred)
         init_args = {**init_args, "normalize": normalize}
     try:
         return data_class(**init_args), init_args
@@ -130,7 +138,7 @@ def evaluate(
     saved = load_checkpoint_file(checkpoint)
     class_path, init_args = data_config(saved, data, overrides)
     model = model_from_checkpoint(saved, checkpoint)  # the file is read once
-    datamodule, init_args = make_datamodule(class_path, init_args, dict(model.hparams))
+    datamodule, init_args = make_datamodule(class_path, init_args, model)
     _check_compatible(model, datamodule)
     output = Path(output) if output else checkpoint_run_dir(checkpoint) / "eval" / "eval.json"
     speed = fastpath.trainer_options(progress_bar=sys.stdout.isatty())

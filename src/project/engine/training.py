@@ -1,5 +1,5 @@
-"""One run: fit, test the best checkpoint, write ``summary.json``. The command line (:mod:`project.cli`) builds the
-model, the data module and the ``Trainer``; this is what it does with them."""
+"""One run: fit, test the best checkpoint, write ``summary.json``. The command line (:mod:`~project.engine.cli`)
+builds the model, the data module and the ``Trainer``; this is what it does with them."""
 
 from __future__ import annotations
 
@@ -11,15 +11,15 @@ from typing import Any
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from project import rundir
-from project.callbacks.signals import TrainingInterrupted
-from project.loggers import finish_wandb
+from project.engine import rundir
+from project.engine.callbacks.signals import TrainingInterrupted
+from project.engine.loggers import finish_wandb
 
 
 def train(cli: LightningCLI) -> dict[str, Any]:
     """Fit, test the best checkpoint, write and return the summary.
 
-    A run stopped by SIGTERM or SIGINT (see :class:`~project.callbacks.signals.GracefulInterrupt`) is not tested;
+    A run stopped by SIGTERM or SIGINT (see :class:`~project.engine.callbacks.signals.GracefulInterrupt`) is not tested;
     its summary says ``"interrupted": true`` and names the signal, and ``--resume`` continues it.
     """
     trainer, model, datamodule = cli.trainer, cli.model, cli.datamodule

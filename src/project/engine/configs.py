@@ -8,10 +8,10 @@ from pathlib import Path
 
 import yaml
 
-from project import rundir
-from project.errors import UserError
+from project.engine import rundir
+from project.engine.errors import UserError
 
-PACKAGE_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+PACKAGE_CONFIGS = Path(__file__).resolve().parents[3] / "configs"
 
 DEFAULT_MODEL = "mlp"
 DEFAULT_DATA = {"resnet": "cifar10", "transfer": "cifar10"}  # every other model defaults to mnist

@@ -16,7 +16,7 @@ from lightning.pytorch.plugins.precision import Precision
 from torch import Tensor
 from torch.optim import Optimizer
 
-from project import compat
+from project.engine import compat
 
 _FUSED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
@@ -30,7 +30,7 @@ class FusedClipping:
         if not clip_val or gradient_clip_algorithm == "value":
             super().clip_gradients(optimizer, clip_val, gradient_clip_algorithm)  # by value: Lightning's own
             return
-        fused = bool(optimizer.defaults.get("fused"))
+        fused = all(group.get("fused") for group in optimizer.param_groups)
         if fused:
             optimizer.grad_scale = None  # set below for this step only, so it never outlives one
         params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]

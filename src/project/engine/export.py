@@ -24,10 +24,10 @@ import lightning as L
 import torch
 from torch import nn
 
-from project.checkpoint import load_model, rebuild_model
-from project.entrypoint import CKPT_HELP, ArgumentParser, checkpoint_run_dir, run_main
-from project.errors import CheckpointError, UserError, first_line
-from project.options import constructor_args
+from project.engine.checkpoint import load_model, rebuild_model
+from project.engine.entrypoint import CKPT_HELP, ArgumentParser, checkpoint_run_dir, run_main
+from project.engine.errors import CheckpointError, UserError, first_line
+from project.engine.options import constructor_args
 
 FORMATS = {"torchscript": ".pt", "onnx": ".onnx", "safetensors": ".safetensors"}
 

@@ -12,8 +12,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from project import compat, rundir
-from project.errors import UserError
+from project.engine import compat, rundir
+from project.engine.errors import UserError
 
 #: The ``--ckpt`` help of every entry point.
 CKPT_HELP = "Checkpoint file (e.g. runs/<run>/checkpoints/best.ckpt)."
@@ -37,5 +37,5 @@ def run_main(main: Callable[[list[str]], int], argv: Sequence[str] | None) -> in
 
 
 def checkpoint_run_dir(checkpoint: str | Path) -> Path:
-    """The run directory a checkpoint belongs to (:func:`project.rundir.run_dir_of`), as an absolute path."""
+    """The run directory a checkpoint belongs to (:func:`project.engine.rundir.run_dir_of`), as an absolute path."""
     return rundir.run_dir_of(Path(checkpoint).resolve())

@@ -17,9 +17,9 @@ import lightning as L
 from lightning.fabric.plugins.environments import TorchElasticEnvironment
 from torch.utils.data import DataLoader, DistributedSampler, IterableDataset
 
-from project import compat
-from project.datamodules.loaders import InMemoryLoader
-from project.errors import UserError
+from project.engine import compat
+from project.engine.errors import UserError
+from project.engine.loaders import InMemoryLoader
 
 
 def _several_under_torchrun() -> bool:

@@ -5,11 +5,14 @@ The entry points call :func:`trainer_options` for the ``Trainer``'s arguments an
 plain one train to the same weights (``tests/test_fastpath.py``), up to the rounding of a fused kernel.
 
 * the precision plugin folds gradient clipping into the fused optimizer step (:mod:`.clipping`), and the model's
-  optimizer is the fused one wherever that is allowed (:func:`fused_optimizer`);
+  optimizer is switched to the fused kernel wherever that is allowed (:class:`FusedOptimizers`);
+* the LightningModule's class gets :class:`~project.engine.compat.FastHookBookkeeping` in front (Lightning records the
+  running hook dozens of times per step);
 * a profiler that does nothing for free (:mod:`.profiler`), instead of Lightning's ``PassThroughProfiler``;
 * a progress bar that redraws a few times a second (:mod:`.progress`), and the step loss logged only on the steps
   the loggers write (:class:`StepLossLogger`);
-* batches normalized straight into the network's memory layout (channels-last for conv nets on a GPU);
+* the network and its batches in channels-last for conv nets on a GPU (or as the model's ``channels_last`` says),
+  batches normalized straight into that layout;
 * without a GPU, the plain CUDA check instead of the NVML one (:func:`plain_cuda_check_without_gpu`).
 
 What each is worth is measured in ``benchmarks/README.md``.
@@ -24,12 +27,19 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, RichProgressBar
 
-from project import compat
-from project.fastpath.clipping import add_fused_clipping, fused_optimizer
-from project.fastpath.profiler import NoProfiler
-from project.fastpath.progress import ThrottledRichProgressBar
+from project.engine import compat
+from project.engine.fastpath.clipping import add_fused_clipping, fused_optimizer
+from project.engine.fastpath.profiler import NoProfiler
+from project.engine.fastpath.progress import ThrottledRichProgressBar
 
-__all__ = ["StepLossLogger", "fused_optimizer", "install", "plain_cuda_check_without_gpu", "trainer_options"]
+__all__ = [
+    "FusedOptimizers",
+    "StepLossLogger",
+    "install",
+    "plain_cuda_check_without_gpu",
+    "trainer_options",
+    "uses_channels_last",
+]
 
 
 class StepLossLogger(Callback):
@@ -49,6 +59,17 @@ class StepLossLogger(Callback):
             pl_module.log("train/loss_step", loss, on_step=True, on_epoch=False)
 
 
+class FusedOptimizers(Callback):
+    """Switches the model's optimizers to PyTorch's fused kernels where this run allows it
+    (:func:`~project.engine.fastpath.clipping.fused_optimizer`), before their first step."""
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        for optimizer in trainer.optimizers:
+            params = [p for group in optimizer.param_groups for p in group["params"]]
+            if fused_optimizer(trainer, params):
+                compat.use_fused_kernel(optimizer)
+
+
 def trainer_options(enabled: bool = True, progress_bar: bool = True) -> dict[str, Any]:
     """The ``Trainer`` arguments of the fast (or the plain) path: its profiler and callbacks."""
     callbacks: list[Callback] = [StepLossLogger(every_step=not enabled)]
@@ -60,12 +81,28 @@ def trainer_options(enabled: bool = True, progress_bar: bool = True) -> dict[str
 
 
 def install(trainer: L.Trainer, model: L.LightningModule, datamodule: L.LightningDataModule | None) -> None:
-    """The fast path's changes to a built ``Trainer`` and data module: fused clipping, the batches' memory layout."""
+    """The fast path's changes to a built ``Trainer``, model and data module: fused clipping and optimizers, the
+    hook bookkeeping, the network's and the batches' memory layout."""
     add_fused_clipping(trainer.precision_plugin)
-    uses_channels_last = getattr(model, "uses_channels_last", None)
-    if datamodule is not None and uses_channels_last is not None and uses_channels_last(trainer.strategy.root_device):
-        # Normalizing a uint8 batch writes it anyway: straight into the layout the network computes in.
-        datamodule.memory_format = torch.channels_last
+    if not any(isinstance(callback, FusedOptimizers) for callback in trainer.callbacks):
+        trainer.callbacks.append(FusedOptimizers())
+    model.__class__ = compat.with_fast_hook_bookkeeping(type(model))
+    network = getattr(model, "network", None)
+    if isinstance(network, torch.nn.Module) and uses_channels_last(model, trainer.strategy.root_device):
+        network.to(memory_format=torch.channels_last)  # kept when the model moves to its device
+        if datamodule is not None:
+            # Normalizing a uint8 batch writes it anyway: straight into the layout the network computes in.
+            datamodule.memory_format = torch.channels_last
+
+
+def uses_channels_last(model: L.LightningModule, device: torch.device) -> bool:
+    """Whether the network computes in channels-last: as the model's ``channels_last`` says, else for conv nets on a
+    GPU (where cuDNN is fastest so)."""
+    choice = model.hparams.get("channels_last")
+    if choice is not None:
+        return bool(choice)
+    network = getattr(model, "network", model)
+    return device.type == "cuda" and any(isinstance(m, torch.nn.Conv2d) for m in network.modules())
 
 
 def plain_cuda_check_without_gpu() -> None:

@@ -2,14 +2,14 @@
 
 The path of a run, top to bottom:
 
-1. :func:`~project.configs.expand_args` turns the short forms into LightningCLI arguments: ``--model resnet``
+1. :func:`~project.engine.configs.expand_args` turns the short forms into LightningCLI arguments: ``--model resnet``
    becomes ``--model <configs/model/resnet.yaml>``, ``--precision X`` becomes ``--trainer.precision X``, and so on.
 2. :class:`TemplateCLI` (Lightning's ``LightningCLI``) parses and validates everything, builds the data module,
    then the model from the data's shapes and class names, then a ``Trainer`` whose loggers, checkpoints and config
    all write into one run directory.
-3. :func:`~project.training.train` fits, tests the best checkpoint and writes ``summary.json``.
+3. :func:`~project.engine.training.train` fits, tests the best checkpoint and writes ``summary.json``.
 
-User mistakes raise :class:`~project.errors.UserError` (or are parse errors): :func:`main` prints them as one
+User mistakes raise :class:`~project.engine.errors.UserError` (or are parse errors): :func:`main` prints them as one
 line and returns 2, with no traceback. A diverged run (non-finite loss) is one line and exit code 1; a run stopped
 by SIGTERM or SIGINT writes ``last.ckpt`` and exits 128 + the signal number (143, 130).
 """
@@ -31,23 +31,31 @@ from lightning.pytorch.callbacks import Callback, LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-from project import (
+from project.engine import (
     compat,  # noqa: I001 - first: it quiets jsonargparse's notices before LightningCLI imports it
     fastpath,
     rundir,
 )
-from project.callbacks import recipe
-from project.callbacks.atomic_io import AtomicCheckpointIO
-from project.callbacks.dashboard import ClassificationDashboard
-from project.callbacks.nonfinite import NonFiniteLossCheck, NonFiniteLossError
-from project.callbacks.rng_state import RNGStateCheckpoint
-from project.callbacks.signals import GracefulInterrupt
-from project.checkpoint import load_checkpoint_file
-from project.configs import PACKAGE_CONFIGS, expand_args, short_names
-from project.errors import UserError, explain
-from project.loggers import WANDB_RUN_ID_KEY, WandbOptions, make_loggers, wandb_callbacks
-from project.options import check_gpu, resolve_image_size, resolve_normalize, resolve_precision, uses_gpu
-from project.training import train
+from project.engine.callbacks import recipe
+from project.engine.callbacks.atomic_io import AtomicCheckpointIO
+from project.engine.callbacks.dashboard import ClassificationDashboard
+from project.engine.callbacks.nonfinite import NonFiniteLossCheck, NonFiniteLossError
+from project.engine.callbacks.rng_state import RNGStateCheckpoint
+from project.engine.callbacks.signals import GracefulInterrupt
+from project.engine.checkpoint import load_checkpoint_file
+from project.engine.configs import PACKAGE_CONFIGS, expand_args, short_names
+from project.engine.errors import UserError, explain
+from project.engine.loggers import WANDB_RUN_ID_KEY, WandbOptions, make_loggers, wandb_callbacks
+from project.engine.options import (
+    check_gpu,
+    import_class,
+    model_preprocessing,
+    resolve_image_size,
+    resolve_normalize,
+    resolve_precision,
+    uses_gpu,
+)
+from project.engine.training import train
 
 
 class TemplateCLI(LightningCLI):
@@ -98,7 +106,7 @@ class TemplateCLI(LightningCLI):
             "--dashboard_every", type=int, default=5, help="Draw the validation dashboard every N epochs (0: never)."
         )
         parser.add_argument(
-            "--fast_path", type=bool, default=True, help="The speed machinery (project.fastpath); false to debug."
+            "--fast_path", type=bool, default=True, help="The speed machinery (engine/fastpath); false to debug."
         )
         parser.add_class_arguments(WandbOptions, "wandb")
         recipe.add_arguments(parser)  # --ema_decay, --swa_lrs, --find_lr, --find_batch_size
@@ -117,11 +125,15 @@ class TemplateCLI(LightningCLI):
         if uses_gpu(trainer.get("accelerator")):
             # TF32 matmuls: free speed for fp32 ops on Ampere and newer GPUs.
             torch.set_float32_matmul_precision("high")
-        data, model = self.config["data"].get("init_args"), self.config["model"].get("init_args") or {}
-        if data is not None and "normalize" in data:
-            data["normalize"] = resolve_normalize(data["normalize"], dict(model))
-        if data is not None and data.get("image_size") == "auto":
-            data["image_size"] = resolve_image_size("auto", dict(model))
+        data = self.config["data"].get("init_args")
+        if data is not None and ("normalize" in data or data.get("image_size") == "auto"):
+            # The model says what its pretrained weights expect; the data's "auto" options become that.
+            model = self.config["model"]
+            model_class = import_class(model["class_path"], LightningModule, "--model")
+            preferred = model_preprocessing(model_class, dict(model.get("init_args") or {}))
+            if "normalize" in data:
+                data["normalize"] = resolve_normalize(data["normalize"], preferred)
+            data["image_size"] = resolve_image_size(data.get("image_size"), preferred)
 
     def instantiate_classes(self) -> None:
         try:
@@ -134,6 +146,9 @@ class TemplateCLI(LightningCLI):
             raise UserError(explain(error)) from None
         if self.config["fast_path"]:
             fastpath.install(self.trainer, self.model, self.datamodule)
+        network = getattr(self.model, "network", None)
+        if self.model.hparams.get("compile") and isinstance(network, torch.nn.Module):
+            network.compile()  # --compile; unlike torch.compile(module), keeps the state_dict's keys
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         config = self.config

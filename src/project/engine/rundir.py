@@ -9,7 +9,6 @@ runs/<model>-<data>-<YYYYmmdd-HHMMSS>/
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import time
@@ -21,10 +20,10 @@ import lightning as L
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, Logger
-from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-from project.errors import UserError
+from project.engine import compat
+from project.engine.errors import UserError
 
 SUMMARY = "summary.json"
 CHECKPOINTS = "checkpoints"
@@ -89,7 +88,7 @@ def find_resume_checkpoint(resume: str, runs_root: str | os.PathLike[str]) -> tu
         # The run continues as it was configured, so its config is needed; a bare checkpoint is not a run.
         raise UserError(
             f"--resume {resume}: {run_dir} is not a run directory (it has no {CONFIG}); to start a new run from "
-            "these weights, load them with project.checkpoint.load_model"
+            "these weights, load them with project.engine.checkpoint.load_model"
         )
     return run_dir, checkpoint
 
@@ -134,7 +133,7 @@ def slurm_job_args(argv: list[str]) -> list[str]:
     When Lightning's ``SLURMEnvironment`` detects the job (started by ``sbatch``/``srun``, job name not ``bash`` or
     ``interactive``), the run directory is ``--run_dir`` or ``<default_root_dir>/slurm-<SLURM_JOB_ID>`` (a requeued
     job keeps its id), the same on every node. When that directory holds ``checkpoints/last.ckpt`` (written on the
-    requeue signal, see :class:`~project.callbacks.signals.GracefulInterrupt`), ``--resume DIR`` is added, so the
+    requeue signal, see :class:`~project.engine.callbacks.signals.GracefulInterrupt`), ``--resume DIR`` is added, so the
     requeued job, started with the very same command, continues the run (and its W&B run); else the run starts
     there. An explicit ``--resume`` is left as it is.
     """
@@ -172,43 +171,13 @@ def share_with_workers(run_dir: Path) -> None:
 
 
 def continue_metrics_log(loggers: Iterable[Logger], step: int) -> None:
-    """Make the CSV loggers continue the run's ``metrics.csv`` from ``step`` (0 for a new run) instead of deleting it.
-
-    Lightning's CSV writer deletes the ``metrics.csv`` it finds (and warns about any file in the directory, such
-    as W&B's). The writer is created lazily, on the first log, so installing :class:`_ContinuedMetricsWriter`
-    beforehand is enough.
-    """
+    """Make the CSV loggers continue the run's ``metrics.csv`` from ``step`` (0 for a new run) instead of deleting it
+    (:func:`~project.engine.compat.continue_csv_log`)."""
     if rank_zero_only.rank != 0:
         return  # only rank 0 writes logs; the others must not touch the file
     for logger in loggers:
         if isinstance(logger, CSVLogger):
-            logger._experiment = _ContinuedMetricsWriter(logger.log_dir, step)
-
-
-class _ContinuedMetricsWriter(ExperimentWriter):
-    """Keeps the rows of ``metrics.csv`` logged before ``step`` and appends after them.
-
-    Rows from ``step`` on were logged by the interrupted run after its checkpoint; the resumed run logs those
-    steps again, so they are dropped rather than duplicated.
-    """
-
-    def __init__(self, log_dir: str, step: int) -> None:
-        self._resume_step = step
-        super().__init__(log_dir)
-
-    def _check_log_dir_exists(self) -> None:  # called by __init__, where Lightning deletes the file
-        if not os.path.isfile(self.metrics_file_path):
-            return
-        with open(self.metrics_file_path, newline="") as file:
-            reader = csv.DictReader(file)
-            rows = [row for row in reader if int(row["step"]) < self._resume_step]
-            self.metrics_keys = list(reader.fieldnames or [])
-        temporary = self.metrics_file_path + ".tmp"
-        with open(temporary, "w", newline="") as file:
-            writer = csv.DictWriter(file, fieldnames=self.metrics_keys)
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(temporary, self.metrics_file_path)
+            compat.continue_csv_log(logger, step)
 
 
 def write_summary(run_dir: str | os.PathLike[str], summary: dict[str, Any]) -> Path:

@@ -11,7 +11,7 @@ import torch
 from lightning.pytorch.loggers import WandbLogger
 from torch import Tensor
 
-from project import plots
+from project.engine import plots
 
 
 class Report:

@@ -6,6 +6,8 @@ against the installed versions, so an upgrade that changes one fails there, loud
 
 from __future__ import annotations
 
+import csv
+import functools
 import logging
 import math
 import os
@@ -14,7 +16,10 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSamplerWrapper
 from lightning.pytorch.plugins.precision import MixedPrecision, Precision
 from lightning.pytorch.trainer.states import RunningStage
@@ -42,6 +47,43 @@ class FastHookBookkeeping:
             object.__setattr__(self, name, value)
         else:
             super().__setattr__(name, value)
+
+
+@functools.cache
+def with_fast_hook_bookkeeping(module_class: type) -> type:
+    """``module_class`` with :class:`FastHookBookkeeping` in front: the engine swaps a LightningModule's class for it
+    (as for the precision plugin's), so the recipe's classes stay plain Lightning."""
+    if issubclass(module_class, FastHookBookkeeping):
+        return module_class
+    return type(module_class.__name__, (FastHookBookkeeping, module_class), {"__module__": module_class.__module__})
+
+
+#: The optimizers :func:`use_fused_kernel` switches to PyTorch's fused kernel.
+FUSABLE_OPTIMIZERS = (torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD)
+
+
+def use_fused_kernel(optimizer: torch.optim.Optimizer) -> bool:
+    """Switch a built Adam, AdamW or SGD to PyTorch's fused kernel, as ``fused=True`` in its constructor would;
+    returns whether it did.
+
+    torch (2.14) picks the kernel at every step from each parameter group's ``fused``; groups added later take
+    ``defaults``; ``_step_supports_amp_scaling`` tells ``GradScaler`` and Lightning that the step reads
+    ``grad_scale``. An optimizer with state for the other kernel (it stepped, or a checkpoint saved unfused restored
+    it) keeps that kernel: the state is laid out for it. A restored fused one gets its ``defaults`` back (a checkpoint
+    saves only the groups), for the groups added later.
+    """
+    groups = optimizer.param_groups
+    if type(optimizer) not in FUSABLE_OPTIMIZERS:
+        return False
+    if optimizer.state and not all(group.get("fused") for group in groups):
+        return False
+    if any(group.get("foreach") or group.get("differentiable") for group in groups):
+        return False
+    optimizer.defaults["fused"] = True
+    for group in groups:
+        group["fused"] = True
+    optimizer._step_supports_amp_scaling = True
+    return True
 
 
 class _WithoutLitLoggerTip(logging.Filter):
@@ -93,12 +135,6 @@ def loggers_write_this_step(trainer: Any) -> bool:
     return bool(trainer._logger_connector.should_update_logs)
 
 
-def attached_trainer(module: Any) -> Any:
-    """The ``Trainer`` a LightningModule is attached to, or ``None``: ``module.trainer`` raises when there is none, and
-    Lightning (2.6) keeps the reference in the private ``_trainer``."""
-    return module._trainer
-
-
 def cluster_environment(trainer: Any) -> Any:
     """The cluster environment (e.g. ``SLURMEnvironment``) the ``Trainer`` detected. A single-device strategy has no
     ``cluster_environment``; Lightning (2.6) keeps it in the private accelerator connector, where its own signal
@@ -132,3 +168,36 @@ def optimizer_steps_per_epoch(trainer: Any) -> int | None:
     training data of unknown length."""
     batches = trainer.num_training_batches
     return math.ceil(batches / trainer.accumulate_grad_batches) if math.isfinite(batches) else None
+
+
+def continue_csv_log(logger: CSVLogger, step: int) -> None:
+    """Make a ``CSVLogger`` keep the rows of its ``metrics.csv`` logged before ``step`` and append after them.
+
+    Lightning's CSV writer deletes the ``metrics.csv`` it finds, in ``ExperimentWriter._check_log_dir_exists``,
+    called by its ``__init__`` (2.6); the logger creates its writer lazily on the first log, in the private
+    ``_experiment``, so a writer installed there beforehand is the one used.
+    """
+    logger._experiment = _ContinuedMetricsWriter(logger.log_dir, step)
+
+
+class _ContinuedMetricsWriter(ExperimentWriter):
+    """Rows from ``step`` on were logged by the interrupted run after its checkpoint; the resumed run logs those
+    steps again, so they are dropped rather than duplicated."""
+
+    def __init__(self, log_dir: str, step: int) -> None:
+        self._resume_step = step
+        super().__init__(log_dir)
+
+    def _check_log_dir_exists(self) -> None:  # called by __init__, where Lightning deletes the file
+        if not os.path.isfile(self.metrics_file_path):
+            return
+        with open(self.metrics_file_path, newline="") as file:
+            reader = csv.DictReader(file)
+            rows = [row for row in reader if int(row["step"]) < self._resume_step]
+            self.metrics_keys = list(reader.fieldnames or [])
+        temporary = self.metrics_file_path + ".tmp"
+        with open(temporary, "w", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=self.metrics_keys)
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(temporary, self.metrics_file_path)
