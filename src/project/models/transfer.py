@@ -14,6 +14,9 @@ from project.engine.api import Preprocessing, UserError
 from project.models import backbones
 from project.models.classifier import ImageClassifier
 
+#: Normalization layers with running statistics, which a frozen backbone keeps as pretrained.
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
 
 class Transfer(ImageClassifier):
     """A torchvision (or ``timm/NAME``) classification network with a new ``num_classes`` head.
@@ -119,7 +122,7 @@ class Transfer(ImageClassifier):
         # evaluating: its BatchNorm layers stay in eval mode (Lightning restores each layer's mode after validation).
         if mode:
             for module in self.backbone.modules():
-                if isinstance(module, nn.modules.batchnorm._BatchNorm) and not module.weight.requires_grad:
+                if isinstance(module, BATCH_NORMS) and not module.weight.requires_grad:
                     module.eval()
         return self
 
