@@ -93,7 +93,12 @@ def quiet_trainer(**options: Any) -> Trainer:
     return Trainer(accelerator="cpu", enable_model_summary=False, **{**defaults, **options})
 
 
-def run_train(args: Sequence[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+# A hang guard for a whole subprocess run (training, evaluation, a DDP or SLURM job), not a speed limit: a loaded
+# 2-core machine runs them many times slower than an idle one, and a guard that fires there fails a correct run.
+RUN_TIMEOUT = 900
+
+
+def run_train(args: Sequence[str], cwd: Path, timeout: float = RUN_TIMEOUT) -> subprocess.CompletedProcess[str]:
     """``python scripts/train.py ARGS`` in a subprocess, as a user runs it."""
     env = {**os.environ, "PYTHONWARNINGS": "ignore::DeprecationWarning", "COLUMNS": "200"}
     return subprocess.run(

@@ -29,6 +29,13 @@ def test_every_torchvision_classification_model_is_a_backbone_with_preprocessing
         backbones.check_name(name)  # no error
         preferred = backbones.preferred_preprocessing(name)
         assert preferred["image_size"] >= 224 and len(preferred["mean"]) == len(preferred["std"]) == 3, name
+        # What the default weights' own preprocessing does: its centre crop, mean and std.
+        transforms = torchvision.models.get_model_weights(name).DEFAULT.transforms()
+        assert preferred["image_size"] == transforms.crop_size[0], name
+        assert preferred["mean"] == pytest.approx(transforms.mean) and preferred["std"] == pytest.approx(transforms.std)
+    # A few by their documented values: not all are ImageNet's 224 px.
+    known = {"resnet18": 224, "inception_v3": 299, "efficientnet_b7": 600, "vit_h_14": 518}
+    assert {name: backbones.preferred_preprocessing(name)["image_size"] for name in known} == known
 
 
 @pytest.mark.parametrize(

@@ -16,6 +16,7 @@ def _context(root: Path, tmp_path: Path, *options: str) -> mlp.Context:
     return mlp.Context(args, root, tmp_path, torch.device("cpu"), common.MNISTTensors.load(root))
 
 
+@pytest.mark.slow
 def test_template_reaches_the_accuracy_of_the_per_sample_path(digits_root: Path, tmp_path: Path) -> None:
     # The same MLP, seed, data, batch size and epochs: A is the textbook loop over torchvision's per-sample
     # MNIST, C the template through its command line (fused Adam, gradient clipping, batch normalization).
@@ -30,6 +31,7 @@ def test_template_reaches_the_accuracy_of_the_per_sample_path(digits_root: Path,
         assert abs(textbook.test_acc - template.test_acc) < 0.03, (seed, textbook.test_acc, template.test_acc)
 
 
+@pytest.mark.slow
 def test_benchmark_runs_and_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "bench.json"
     argv = ["--quick", "--samples", "640", "--repeats", "1", "--runs", "A,B,B+fused,B+clip,C", "--json", str(out)]
@@ -44,6 +46,7 @@ def test_benchmark_runs_and_writes_json(tmp_path: Path, capsys: pytest.CaptureFi
     assert "samples/s" in table and "C/A =" in table and "torch.get_num_threads()" in table
 
 
+@pytest.mark.slow
 def test_gpu_measurements_run_end_to_end_on_cpu(tmp_path: Path, data_root: Path) -> None:
     # The ResNet-18 part runs only on a GPU; its code (data, command line, timing, FLOPs, MFU) is checked here on the
     # CPU with a few tiny steps, so that the one GPU run the numbers come from does not fail on a typo.

@@ -231,3 +231,13 @@ def test_a_csv_logger_continues_its_metrics_file_through_the_installed_writer(tm
     plain.save()
     with open(Path(plain.log_dir) / "metrics.csv", newline="") as file:
         assert [row["loss"] for row in csv.DictReader(file)] == ["5.0"]
+
+
+def test_argparse_still_keeps_its_options_where_compat_reads_them() -> None:
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_argument("--model.width", type=int, default=8)
+    parser.add_argument("--run_dir", type=str, default="")
+    assert {"--model.width", "--run_dir", "--help"} <= set(compat.option_strings(parser))
+    assert {"model.width", "run_dir"} <= set(compat.argument_names(parser))

@@ -14,7 +14,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from conftest import TINY, TRAIN_SCRIPT, quiet_trainer, run_train
+from conftest import RUN_TIMEOUT, TINY, TRAIN_SCRIPT, quiet_trainer, run_train
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from project.datamodules import MNISTDataModule
@@ -33,7 +33,8 @@ def _start(args: list[str], cwd: Path) -> subprocess.Popen[str]:
     return subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _wait_for(pattern: str, cwd: Path, process: subprocess.Popen[str], timeout: float = 120) -> Path:
+def _wait_for(pattern: str, cwd: Path, process: subprocess.Popen[str], timeout: float = RUN_TIMEOUT) -> Path:
+    """The first file matching ``pattern``, as soon as it appears; fails as soon as the process exits instead."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         found = [path for path in cwd.glob(pattern) if not path.name.startswith(".")]
@@ -58,7 +59,7 @@ def test_signal_writes_a_checkpoint_exits_128_plus_signal_and_resumes(
     process = _start([*ENDLESS, "--data.root", str(data_root)], cwd=tmp_path)
     last = _wait_for("runs/*/checkpoints/last.ckpt", tmp_path, process)  # written after epoch 0 (40 steps)
     process.send_signal(signum)
-    _, stderr = process.communicate(timeout=120)
+    _, stderr = process.communicate(timeout=RUN_TIMEOUT)
     assert process.returncode == code, stderr[-3000:]
     assert "Traceback" not in stderr
     run = last.parent.parent
@@ -118,7 +119,7 @@ def test_kill_9_during_training_leaves_only_loadable_checkpoints(
     last = _wait_for("runs/*/checkpoints/last.ckpt", tmp_path, process)
     time.sleep(0.5)
     process.send_signal(signal.SIGKILL)
-    process.communicate(timeout=60)
+    process.communicate(timeout=RUN_TIMEOUT)
     assert process.returncode == -signal.SIGKILL
     run = last.parent.parent
     assert {path.name for path in _real_checkpoints(run)} == {"best.ckpt", "last.ckpt"}
@@ -187,7 +188,7 @@ def test_kill_9_in_the_middle_of_a_checkpoint_write_keeps_the_previous_one(tmp_p
         AtomicCheckpointIO().save_checkpoint({{"step": torch.tensor(2)}}, {str(path)!r})
         """
     )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=RUN_TIMEOUT)
     assert result.returncode == -signal.SIGKILL, result.stderr
     assert path.read_bytes() == before
     assert int(torch.load(path, weights_only=True)["step"]) == 1

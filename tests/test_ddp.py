@@ -13,7 +13,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from conftest import REPO, TINY, TRAIN_SCRIPT, run_train
+from conftest import REPO, RUN_TIMEOUT, TINY, TRAIN_SCRIPT, run_train
 from test_resume import assert_same_training
 
 from project.datamodules import MNISTDataModule
@@ -33,7 +33,7 @@ def test_ddp_on_two_cpu_processes_stops_resumes_and_matches_one_process(
     # SIGTERM to rank 0 alone after step 5: the ranks agree at step 10 (they compare every 10 steps) and stop.
     monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))
     stop = json.dumps([{"class_path": "test_resume.SignalAtStep", "init_args": {"step": 5, "rank": 0}}])
-    result = run_train([*args, "--trainer.callbacks", stop], cwd=tmp_path, timeout=300)
+    result = run_train([*args, "--trainer.callbacks", stop], cwd=tmp_path)
     assert result.returncode == 143, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
     runs = list((tmp_path / "runs").iterdir())
@@ -41,7 +41,7 @@ def test_ddp_on_two_cpu_processes_stops_resumes_and_matches_one_process(
     run = runs[0]
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 10
 
-    result = run_train(["--resume", "last", "--trainer.callbacks", "[]"], cwd=tmp_path, timeout=300)
+    result = run_train(["--resume", "last", "--trainer.callbacks", "[]"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert list((tmp_path / "runs").iterdir()) == [run]
     summary = json.loads((run / "summary.json").read_text())
@@ -127,7 +127,7 @@ def test_two_torchrun_nodes_write_one_run_directory_and_score_like_one_process(t
         torchrun += ["--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", port]
         command = [*torchrun, str(TRAIN_SCRIPT), *args]
         nodes.append(subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
-    outputs = [node.communicate(timeout=300) for node in nodes]
+    outputs = [node.communicate(timeout=RUN_TIMEOUT) for node in nodes]
     for node, (_, stderr) in zip(nodes, outputs, strict=True):
         assert node.returncode == 0, stderr.decode()[-3000:]
     assert [list((tmp_path / f"node{rank}").iterdir()) for rank in (0, 1)] == [[], []]
@@ -146,7 +146,7 @@ def test_two_torchrun_nodes_write_one_run_directory_and_score_like_one_process(t
         env=env,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=RUN_TIMEOUT,
     )
     assert evaluate.returncode == 0, evaluate.stderr[-3000:]
     result = json.loads((run / "eval" / "eval.json").read_text())
@@ -212,7 +212,7 @@ def _torchrun_evaluate(args: list[str], tmp_path: Path, two_nodes: bool) -> list
         torchrun = [sys.executable, "-m", "torch.distributed.run", *launch, "--master_addr", "127.0.0.1"]
         command = [*torchrun, "--master_port", port, str(REPO / "scripts" / "evaluate.py"), *args]
         nodes.append(subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
-    outputs = [node.communicate(timeout=300) for node in nodes]
+    outputs = [node.communicate(timeout=RUN_TIMEOUT) for node in nodes]
     return [
         subprocess.CompletedProcess(node.args, node.returncode, out.decode(), err.decode())
         for node, (out, err) in zip(nodes, outputs, strict=True)

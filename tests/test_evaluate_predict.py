@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, TINY
+from conftest import REPO, RUN_TIMEOUT, TINY
 from fakedata import write_image_folder
 from PIL import Image
 
@@ -43,7 +43,7 @@ def test_evaluate_script_repeats_the_runs_test_from_the_checkpoint_alone(trained
         env={**os.environ, "PYTHONWARNINGS": "ignore"},
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=RUN_TIMEOUT,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((trained / "summary.json").read_text())

@@ -87,17 +87,19 @@ def test_extensions_in_any_case_and_more_formats(tmp_path: Path) -> None:
         "e.gif": (gif, {}, palette[indices], True),
         "f.webp": (Image.fromarray(noise), {"lossless": True}, noise, True),
         "g.webp": (Image.fromarray(smooth), {}, smooth, False),
+        "h.TIF": (Image.fromarray(noise), {}, noise, True),
     }
     root = tmp_path / "images"
     for folder in ("only", "other"):
         (root / folder).mkdir(parents=True)
         for name, (image, options, _, _) in files.items():
             image.save(root / folder / name, **options)  # PIL picks the format from the extension
-    (root / "only" / "notes.txt").write_text("not an image, ignored")
+    (root / "only" / "notes.txt").write_text("not an image: not read, and counted")
     dm = _module(root, val_size=0.0, test_size=0.0)
-    assert _setup_warnings(dm) == []
+    (notice,) = _setup_warnings(dm)
+    assert notice.startswith("not reading 1 file(s)") and "(.txt: 1;" in notice
     images, labels = dm.splits["train"]
-    assert images.shape == (14, 3, SIZE, SIZE) and labels.tolist() == [0] * 7 + [1] * 7
+    assert images.shape == (16, 3, SIZE, SIZE) and labels.tolist() == [0] * 8 + [1] * 8
     for image, (name, (_, _, source, lossless)) in zip(images, [*files.items()] * 2, strict=True):
         error = (image.permute(1, 2, 0).int() - torch.from_numpy(source).int()).abs().float()
         worst, mean = float(error.max()), float(error.mean())

@@ -138,7 +138,7 @@ def test_sync_batchnorm_gives_every_rank_the_statistics_of_all_ranks_batches(
     save = json.dumps([{"class_path": "test_gpu.SaveBatchNormStatistics", "init_args": {"folder": str(tmp_path)}}])
     args = [*TINY, "--model", "cnn", "--data.root", str(data_root), "--accelerator", "gpu", "--devices", "2"]
     args += ["--strategy", "ddp", "--trainer.sync_batchnorm", str(sync).lower(), "--trainer.callbacks", save]
-    result = run_train(args, cwd=tmp_path, timeout=300)
+    result = run_train(args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     rank0, rank1 = (torch.load(tmp_path / f"rank{rank}.pt", weights_only=True) for rank in (0, 1))
     # Each rank normalizes its own shard: only synchronized statistics agree.

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from types import SimpleNamespace
 
+import lightning as L
 import pytest
 import torch
+import torchvision
 from conftest import TINY
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.plugins.precision import Precision
 from scipy import stats
 
@@ -123,10 +127,55 @@ def test_bad_values_are_refused(data_root: Path) -> None:
         MNISTDataModule(root=str(data_root), mixup=-1.0)
 
 
+class RecordBatches(Callback):
+    """Keeps, in this process, the batches the model's training and validation steps receive."""
+
+    training: list[Batch] = []
+    validation: list[Batch] = []
+
+    def on_train_batch_start(self, trainer: L.Trainer, module: L.LightningModule, batch: Batch, index: int) -> None:
+        RecordBatches.training.append(Batch(*(tensor.detach().clone() for tensor in batch)))
+
+    def on_validation_batch_start(
+        self, trainer: L.Trainer, module: L.LightningModule, batch: Batch, index: int, dataloader_idx: int = 0
+    ) -> None:
+        RecordBatches.validation.append(Batch(*(tensor.detach().clone() for tensor in batch)))
+
+
+def _distance_to_nearest(images: torch.Tensor, originals: torch.Tensor) -> torch.Tensor:
+    return torch.cdist(images.flatten(1).double(), originals.flatten(1).double()).min(dim=1).values
+
+
 @pytest.mark.slow
 def test_a_run_with_every_augmentation_of_the_recipe(tmp_path: Path, data_root: Path) -> None:
+    RecordBatches.training, RecordBatches.validation = [], []
+    record = json.dumps([{"class_path": "test_mixing.RecordBatches"}])
     args = [*TINY, "--model", "cnn", "--data.root", str(data_root), "--run_dir", str(tmp_path / "run")]
     args += ["--data.mixup", "0.2", "--data.cutmix", "1.0", "--data.auto_augment", "trivialaugment"]
-    args += ["--data.random_erasing", "0.25", "--model.label_smoothing", "0.1"]
+    args += ["--data.random_erasing", "0.25", "--model.label_smoothing", "0.1", "--trainer.callbacks", record]
     assert train(args) == 0
     assert (tmp_path / "run" / "summary.json").is_file()
+
+    # Every image of the training file, plainly normalized (MNIST's textbook mean and std), read by torchvision.
+    pixels = torchvision.datasets.MNIST(str(data_root), train=True, download=False).data
+    originals = ((pixels.float() / 255 - 0.1307) / 0.3081).unsqueeze(1)
+    # The check sees through the pipeline: unaugmented validation images are exactly such originals...
+    assert RecordBatches.validation
+    for batch in RecordBatches.validation:
+        assert batch.targets.shape == batch.labels.shape == (len(batch.images),)
+        assert (_distance_to_nearest(batch.images, originals) < 1e-3).all()
+    # ...and the training steps got soft targets over the 10 classes and augmented images, which none is. (Not every
+    # image: TrivialAugment may draw the identity, MixUp a weight of almost 1, RandomErasing is off 3 times in 4.)
+    assert len(RecordBatches.training) == 3
+    changed, own_weights = [], []
+    for batch in RecordBatches.training:
+        size = len(batch.images)
+        assert batch.images.shape == (size, 1, 28, 28) and batch.labels.shape == (size,)
+        assert batch.targets.shape == (size, 10) and batch.targets.is_floating_point()
+        assert (batch.targets >= 0).all() and ((batch.targets > 0).sum(dim=1) <= 2).all()  # two images mixed
+        torch.testing.assert_close(batch.targets.sum(dim=1), torch.ones(size))
+        own_weights.append(batch.targets.gather(1, batch.labels[:, None]).squeeze(1))
+        changed.append(_distance_to_nearest(batch.images, originals) > 1e-3)
+        assert changed[-1].any()
+    assert (torch.cat(own_weights) < 0.99).any()  # really soft: part of some image is another's
+    assert torch.cat(changed).float().mean() >= 0.5, changed

@@ -3,21 +3,26 @@
 from __future__ import annotations
 
 import csv
+import inspect
+import json
 import math
 from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
-from conftest import quiet_trainer
+from conftest import TINY, quiet_trainer
 from lightning import Trainer
+from lightning.pytorch.callbacks import Callback
 from torch import nn
+from torch._dynamo.utils import counters as dynamo_counters
 
 from project.callbacks.finetuning import UnfreezeBackbone
 from project.datamodules import MNISTDataModule
+from project.engine.cli import main
+from project.engine.options import model_preprocessing, resolve_normalize
 from project.models import CNN, MLP, DeepNet, ResNet
 from project.models.recipe import CosineSchedule
-from project.options import resolve_normalize
 
 
 def _layers(model: nn.Module, kind: type[nn.Module]) -> list[nn.Module]:
@@ -51,7 +56,7 @@ def test_every_network_maps_any_input_shape_to_logits(model_class: type, shape: 
 
 def test_hyperparameters_are_plain_values_without_modules() -> None:
     model = CNN(num_classes=10, input_shape=(1, 28, 28), lr=0.01, scheduler="cosine")
-    assert model.hparams.lr == 0.01 and model.hparams.channels == (32, 64, 128)
+    assert model.hparams.lr == 0.01 and model.hparams.channels == inspect.signature(CNN).parameters["channels"].default
     allowed = (int, float, str, bool, type(None), list, tuple, dict)
     assert all(isinstance(value, allowed) for value in model.hparams.values())
 
@@ -124,12 +129,12 @@ def test_each_scheduler_runs_inside_the_trainer(tmp_path: Path, data_root: Path,
 
 def test_label_smoothing_changes_the_loss() -> None:
     logits, targets = torch.tensor([[4.0, 0.0, 0.0]]), torch.tensor([0])
-    smoothed = MLP(num_classes=3, input_shape=(1, 2, 2), label_smoothing=0.3).criterion(logits, targets)
+    smoothed = MLP(num_classes=3, input_shape=(1, 2, 2), label_smoothing=0.3).loss(logits, targets)[0]
     # By hand: the target gets 1 - 0.3 + 0.3/3 of the probability mass, each other class 0.3/3.
     log_p = torch.log_softmax(logits[0], dim=0)
     expected = -(0.8 * log_p[0] + 0.1 * log_p[1] + 0.1 * log_p[2])
     torch.testing.assert_close(smoothed, expected, rtol=1e-6, atol=0)
-    plain = MLP(num_classes=3, input_shape=(1, 2, 2)).criterion(logits, targets)
+    plain = MLP(num_classes=3, input_shape=(1, 2, 2)).loss(logits, targets)[0]
     torch.testing.assert_close(plain, -log_p[0], rtol=1e-6, atol=0)
 
 
@@ -142,7 +147,8 @@ def test_resnet_loads_imagenet_weights_from_the_torchvision_cache(offline_enviro
     model = ResNet(weights="imagenet", num_classes=5, input_shape=(3, 32, 32))
     assert torch.equal(model.network.layer1[0].conv1.weight, reference.layer1[0].conv1.weight)
     assert model.network.fc.out_features == 5
-    assert resolve_normalize("auto", dict(model.hparams)) == "imagenet"  # its inputs get ImageNet's statistics
+    # Its inputs get ImageNet's statistics.
+    assert resolve_normalize("auto", model_preprocessing(type(model), dict(model.hparams))) == "imagenet"
 
 
 def test_resnet_on_gray_images_matches_gray_copied_to_rgb(offline_environment: Path) -> None:
@@ -216,20 +222,45 @@ def test_warm_up_counts_epochs_of_steps_when_training_is_limited_by_steps(data_r
     assert (schedule.total_steps, schedule.warmup_steps) == (30, 10)
 
 
+class KeepTrainedModel(Callback):
+    """Keeps the module that ``main`` trained in this process (``--trainer.callbacks``), to run it afterwards."""
+
+    model: L.LightningModule | None = None
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        KeepTrainedModel.model = pl_module
+
+
 @pytest.mark.slow
-def test_compiled_network_trains_and_its_checkpoint_loads_uncompiled(data_root: Path, tmp_path: Path) -> None:
-    # --model.compile (torch.compile through Module.compile): the same parameter names in the checkpoint as
-    # without it, so the checkpoint loads into a plain model, which predicts what the compiled one did.
-    data = MNISTDataModule(root=str(data_root), batch_size=32, val_size=64, download=False)
-    model = MLP(**data.model_args(), hidden_sizes=[32], compile=True)
-    trainer = quiet_trainer(max_epochs=1, limit_train_batches=5, default_root_dir=tmp_path, enable_checkpointing=True)
-    trainer.fit(model, datamodule=data)
-    assert model._compiled and trainer.global_step == 5
-    path = trainer.checkpoint_callback.best_model_path
-    state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+def test_compiled_network_trains_and_its_checkpoint_loads_uncompiled(
+    data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # --compile (torch.compile through Module.compile, applied by the engine): dynamo compiles the network, the
+    # checkpoint has the same parameter names as without it, so it loads into a plain model, which predicts what the
+    # compiled network and the same network run eagerly do.
+    torch._dynamo.reset()
+    dynamo_counters.clear()
+    KeepTrainedModel.model = None
+    monkeypatch.chdir(tmp_path)
+    keep = json.dumps([{"class_path": "test_models.KeepTrainedModel"}])
+    args = [*TINY, "--model", "mlp", "--model.hidden_sizes", "[32]", "--data.root", str(data_root)]
+    args += ["--data.batch_size", "32", "--data.val_size", "64", "--trainer.limit_train_batches", "5"]
+    assert main([*args, "--compile", "--trainer.callbacks", keep, "--run_dir", "run"]) == 0
+    assert dynamo_counters["stats"]["unique_graphs"] > 0  # dynamo really captured and compiled a graph
+    model = KeepTrainedModel.model
+    assert model is not None and model.hparams.compile
+    path = tmp_path / "run" / "checkpoints" / "best.ckpt"
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    assert checkpoint["global_step"] == 5
+    state = checkpoint["state_dict"]
     assert set(state) == set(MLP(hidden_sizes=[32], num_classes=10, input_shape=(1, 28, 28)).state_dict())
     plain = MLP.load_from_checkpoint(path, weights_only=True, compile=False).eval()
-    assert not getattr(plain, "_compiled", False)
     images = torch.randn(8, 1, 28, 28)
+    torch._dynamo.reset()  # forget the compiled code: whatever is still compiled compiles again when called
+    dynamo_counters.clear()
     with torch.no_grad():
-        torch.testing.assert_close(plain(images), model.eval()(images), rtol=1e-5, atol=1e-5)
+        expected = plain(images)
+        assert not dynamo_counters["stats"]  # the plain model ran uncompiled: dynamo saw no frame
+        torch.testing.assert_close(expected, model.eval()(images), rtol=1e-5, atol=1e-5)
+        assert dynamo_counters["stats"]["unique_graphs"] > 0  # the trained network is the compiled one
+        torch.testing.assert_close(expected, model.network.forward(images), rtol=1e-5, atol=1e-5)  # run eagerly

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, TINY, run_train
+from conftest import REPO, RUN_TIMEOUT, TINY, run_train
 from test_resume import assert_same_training
 
 from project.engine import rundir
@@ -123,7 +123,9 @@ def test_sbatch_script_starts_one_srun_task_per_gpu_that_trains_into_the_job_run
     (tmp_path / "scripts").symlink_to(REPO / "scripts")  # the script runs from the submit directory, the repository
     # No GPU here: the arguments after the script's own override its --accelerator gpu and --strategy ddp.
     args = [*TINY, "--data.root", str(data_root), "--accelerator", "cpu", "--strategy", "auto"]
-    result = subprocess.run(["bash", str(script), *args], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        ["bash", str(script), *args], cwd=tmp_path, capture_output=True, text=True, timeout=RUN_TIMEOUT
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     srun = (tmp_path / "srun.log").read_text().split()
     assert srun[:2] == ["python", "scripts/train.py"]
@@ -144,7 +146,7 @@ def _srun(args: list[str], cwd: Path, job_id: str, tasks: int = 2) -> list[subpr
         env |= {"SLURM_NTASKS_PER_NODE": "1", "SLURM_NODELIST": "127.0.0.1", "PYTHONWARNINGS": "ignore"}
         command = [sys.executable, str(REPO / "scripts" / "train.py"), *args]
         processes.append(subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
-    outputs = [process.communicate(timeout=300) for process in processes]
+    outputs = [process.communicate(timeout=RUN_TIMEOUT) for process in processes]
     return [
         subprocess.CompletedProcess(p.args, p.returncode, out.decode(), err.decode())
         for p, (out, err) in zip(processes, outputs, strict=True)

@@ -15,7 +15,8 @@ from project.engine.errors import UserError
 from project.engine.options import model_preprocessing, resolve_image_size, resolve_normalize
 from project.models import Transfer, backbones
 
-timm = pytest.importorskip("timm", reason="timm is an optional extra (pip install -e '.[timm]'), not in .[dev]")
+# An optional extra for users (.[timm]), and part of .[dev]: skipped only where the dev extra is not installed.
+timm = pytest.importorskip("timm", reason="timm is not installed (pip install -e '.[dev]' or '.[timm]')")
 
 
 def test_a_timm_network_gets_a_new_head_a_gray_stem_and_a_frozen_backbone() -> None:

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import TINY
+from conftest import RUN_TIMEOUT, TINY
 
 from project.engine.cli import main
 from project.engine.loggers import WANDB_RUN_ID_KEY, WandbOptions, make_loggers, wandb_mode
@@ -84,7 +84,7 @@ def test_offline_run_on_its_own_logs_nested_config_artifacts_histograms_and_dash
         env={**env, "PYTHONWARNINGS": "ignore::DeprecationWarning"},
         capture_output=True,
         text=True,
-        timeout=180,  # a W&B waiting on the network would hang far longer
+        timeout=RUN_TIMEOUT,  # a hang guard (W&B waiting on the network, say), not a speed limit
     )
     assert result.returncode == 0, result.stderr[-3000:]
     run = next((tmp_path / "runs").iterdir())
@@ -165,7 +165,7 @@ def test_project_runs_without_wandb_installed(
         env={**os.environ, "PYTHONWARNINGS": "ignore::DeprecationWarning"},
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=RUN_TIMEOUT,
     )
     assert trained.returncode == 0, trained.stderr[-3000:]
     assert list((tmp_path / "runs").glob("*/dashboard/test/confusion_matrix.png"))

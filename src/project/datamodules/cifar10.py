@@ -9,16 +9,15 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
+from torchvision.datasets import CIFAR10
 from torchvision.datasets.utils import download_and_extract_archive
 
 from project.datamodules.base import ImageDataModule, uint8_images
 from project.engine.api import DataError
 
-URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
-ARCHIVE_MD5 = "c58f30108f718f92721af3b95e74349a"
-FOLDER = "cifar-10-batches-py"
-TRAIN_FILES = [f"data_batch_{i}" for i in range(1, 6)]
-TEST_FILES = ["test_batch"]
+# Where the archive comes from, its checksum and its files: torchvision's (CIFAR10.url, .tgz_md5, ...).
+TRAIN_FILES = [name for name, _ in CIFAR10.train_list]
+TEST_FILES = [name for name, _ in CIFAR10.test_list]
 
 
 class CIFAR10DataModule(ImageDataModule):
@@ -49,20 +48,23 @@ class CIFAR10DataModule(ImageDataModule):
 
     @property
     def folder(self) -> str:
-        return os.path.join(self.root, FOLDER)
+        return os.path.join(self.root, CIFAR10.base_folder)
 
     def prepare_data(self) -> None:
         missing = [name for name in TRAIN_FILES + TEST_FILES if not os.path.isfile(os.path.join(self.folder, name))]
         if not missing:
             return
+        by_hand = f"download {CIFAR10.url} and extract it into {self.root}"
         if not self.download:
-            raise DataError(f"CIFAR-10 files {missing} are missing in {self.folder} and --data.download is false")
+            raise DataError(
+                f"CIFAR-10 files {missing} are missing in {self.folder} and --data.download is false: {by_hand}"
+            )
         try:
-            download_and_extract_archive(URL, download_root=self.root, md5=ARCHIVE_MD5)
+            download_and_extract_archive(CIFAR10.url, self.root, filename=CIFAR10.filename, md5=CIFAR10.tgz_md5)
         except Exception as error:  # urllib raises many types; all mean the same thing to the user
             raise DataError(
                 f"CIFAR-10 is not in {self.folder} and the download failed ({type(error).__name__}: no network?): "
-                f"extract {os.path.basename(URL)} into {self.root}, or pass --data.root DIR"
+                f"{by_hand}, or pass --data.root DIR"
             ) from None
 
     def load_split(self, train: bool) -> tuple[Tensor, Tensor]:

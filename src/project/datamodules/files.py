@@ -9,7 +9,7 @@ from typing import NamedTuple
 
 import torch
 
-from project.datamodules.images import IMAGE_EXTENSIONS
+from project.datamodules.images import is_image_name
 from project.engine.api import DataError
 
 SPLITS = ("train", "val", "test")
@@ -28,14 +28,12 @@ class Scan(NamedTuple):
     items: dict[str, list[Item]]
     #: ``(path, reason)`` of symlinks refused because they leave the root.
     refused: list[tuple[str, str]]
+    #: Files in the class folders not read for their extension (not a format Pillow reads), e.g. ``notes.txt``.
+    skipped: list[str]
 
 
 def _hidden(name: str) -> bool:
     return name.startswith(".") or name == "__MACOSX"
-
-
-def _is_image_name(name: str) -> bool:
-    return name.lower().endswith(IMAGE_EXTENSIONS)
 
 
 def _inside(path: str, root_real: str) -> bool:
@@ -67,8 +65,9 @@ def _folders(path: str, root_real: str, refused: list[tuple[str, str]]) -> dict[
     return folders
 
 
-def _image_files(folder: str, root_real: str, refused: list[tuple[str, str]]) -> list[str]:
-    """Image files under ``folder`` (recursively, following symlinks that stay inside the root), sorted."""
+def _image_files(folder: str, root_real: str, refused: list[tuple[str, str]], skipped: list[str]) -> list[str]:
+    """Image files under ``folder`` (recursively, following symlinks that stay inside the root), sorted; the other
+    files are added to ``skipped``."""
     files: list[str] = []
     visited: set[str] = set()
 
@@ -82,7 +81,10 @@ def _image_files(folder: str, root_real: str, refused: list[tuple[str, str]]) ->
                 if _hidden(entry.name):
                     continue
                 is_dir = entry.is_dir()
-                if (not is_dir and not _is_image_name(entry.name)) or _leaves_root(entry, root_real, refused):
+                if not is_dir and not is_image_name(entry.name):
+                    skipped.append(entry.path)
+                    continue
+                if _leaves_root(entry, root_real, refused):
                     continue
                 if is_dir:
                     walk(entry.path)
@@ -127,7 +129,7 @@ def scan_folder(root: str) -> Scan:
     for split, path in split_dirs.items():
         class_dirs[split] = _folders(path, root_real, refused)
         if not class_dirs[split]:
-            loose = any(_is_image_name(name) and not _hidden(name) for name in os.listdir(path))
+            loose = any(is_image_name(name) and not _hidden(name) for name in os.listdir(path))
             hint = " (its images must be in class sub-folders)" if loose else ""
             raise DataError(f"{path} has no class folders{hint}: expected {path}/<class>/*.jpg")
     class_names = sorted(class_dirs["train"])
@@ -147,17 +149,20 @@ def scan_folder(root: str) -> Scan:
                 )
             )
     items = {}
+    skipped: list[str] = []
     for split, folders in class_dirs.items():
         items[split] = []
         for label, name in enumerate(class_names):
-            files = _image_files(folders[name], root_real, refused)
+            before = len(skipped)
+            files = _image_files(folders[name], root_real, refused, skipped)
             if not files:
+                others = f" ({len(skipped) - before} other file(s), e.g. {skipped[before]})" if skipped[before:] else ""
                 raise DataError(
-                    f"class folder {folders[name]} has no images ({', '.join(IMAGE_EXTENSIONS)}): "
-                    f"add some or remove the folder"
+                    f"class folder {folders[name]} has no images{others}: add some (any format Pillow reads: "
+                    f".jpg, .png, .tif, .webp, ...) or remove the folder"
                 )
             items[split] += [(path, label) for path in files]
-    return Scan(class_names, items, refused)
+    return Scan(class_names, items, refused, skipped)
 
 
 def carve(train: list[Item], fractions: dict[str, float], seed: int) -> dict[str, list[Item]]:

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 
 from project.datamodules.base import ImageDataModule
 from project.datamodules.files import SPLITS, Item, Scan, carve, scan_folder
-from project.datamodules.images import DEFAULT_MAX_IMAGE_PIXELS, FolderImageDataset, decode_files
+from project.datamodules.images import DEFAULT_MAX_IMAGE_PIXELS, FolderImageDataset, decode_files, extension_counts
 from project.datamodules.transforms import Normalize
 from project.engine.api import DataError, EpochSeededSampler, InMemoryLoader, ResumableDataLoader, loader_seed
 
@@ -33,7 +33,8 @@ class FolderDataModule(ImageDataModule):
     Class names are the sorted class folder names; in the split layout every split must have the same class
     folders. Splits without a folder are carved out of the training images per class (stratified), seeded by
     ``split_seed``, so every run sees the same split. Files and folders whose names start with a dot (and
-    ``__MACOSX``) are ignored, and so are files without an image extension.
+    ``__MACOSX``) are ignored; so are files whose extension is not of a format Pillow reads (JPEG, PNG, TIFF, BMP,
+    GIF, WebP, ...: :func:`~project.datamodules.images.image_extensions`), which one warning counts at setup.
 
     At setup every image is decoded, converted to ``image_channels`` and resized (squashed) to
     ``image_size`` × ``image_size``. Conversions are deliberate: transparent pixels are composited on white,
@@ -112,6 +113,7 @@ class FolderDataModule(ImageDataModule):
         self._in_memory: bool | None = None
         self._samples: dict[str, tuple[list[str], list[int]]] = {}  # the DataLoader path's valid files
         self._reported: set[str] = set()
+        self._noted_skipped = False
 
     # ------------------------------------------------------------------ what the model needs to know
     @property
@@ -182,6 +184,7 @@ class FolderDataModule(ImageDataModule):
             total = sum(len(split_items) for split_items in items.values()) * channels * size * size
             cache = self.hparams.cache
             self._in_memory = cache == "always" or (cache == "auto" and total < self.cache_max_bytes)
+        self._note_skipped()
         bad = [entry for entry in self._scan().refused if entry[0] not in self._reported]
         decoded = {}
         for split in todo:
@@ -224,6 +227,17 @@ class FolderDataModule(ImageDataModule):
         rank_zero_warn(
             f"skipping {len(bad)} unusable file(s) in {self.root} (--data.strict true refuses them):\n" + listing
         )
+
+    def _note_skipped(self) -> None:
+        """Say once how many files of the class folders are not read for their extension (with or without strict:
+        a README or a labels file beside the images is no error)."""
+        skipped = self._scan().skipped
+        if skipped and not self._noted_skipped:
+            self._noted_skipped = True
+            rank_zero_warn(
+                f"not reading {len(skipped)} file(s) in {self.root} for their extension ({extension_counts(skipped)}; "
+                f"e.g. {skipped[0]}): only images in a format Pillow reads are used"
+            )
 
     def _check_every_class(self, labels: list[int]) -> None:
         present = set(labels)

@@ -46,10 +46,11 @@ class MNISTDataModule(ImageDataModule):
             return MNIST(self.root, train=train, download=download)
         except RuntimeError as error:
             if "not found" in str(error) or "Error downloading" in str(error):
-                hint = "download failed (no network?)" if download else "--data.download is false"
+                hint = "the download failed (no network?)" if download else "--data.download is false"
+                files = ", ".join(name for name, _ in MNIST.resources)
                 raise DataError(
-                    f"MNIST is not in {raw} and {hint}: put the four *-ubyte files there, "
-                    f"or pass --data.root DIR where DIR/MNIST/raw holds them"
+                    f"MNIST is not in {raw} and {hint}: put the four *-ubyte files there ({files}, gunzipped, "
+                    f"from {' or '.join(MNIST.mirrors)}), or pass --data.root DIR where DIR/MNIST/raw holds them"
                 ) from None
             raise DataError(f"MNIST files in {raw} are corrupt ({first_line(error)}): delete them and retry") from None
         except (ValueError, AssertionError, OSError) as error:

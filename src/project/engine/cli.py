@@ -42,9 +42,9 @@ from project.engine.callbacks.dashboard import ClassificationDashboard
 from project.engine.callbacks.nonfinite import NonFiniteLossCheck, NonFiniteLossError
 from project.engine.callbacks.rng_state import RNGStateCheckpoint
 from project.engine.callbacks.signals import GracefulInterrupt
-from project.engine.checkpoint import load_checkpoint_file
+from project.engine.checkpoint import check_resumable, load_checkpoint_file
 from project.engine.configs import PACKAGE_CONFIGS, expand_args, short_names
-from project.engine.errors import UserError, explain
+from project.engine.errors import CheckpointWriteError, UserError, explain
 from project.engine.loggers import WANDB_RUN_ID_KEY, WandbOptions, make_loggers, wandb_callbacks
 from project.engine.options import (
     check_gpu,
@@ -55,6 +55,7 @@ from project.engine.options import (
     resolve_precision,
     uses_gpu,
 )
+from project.engine.suggest import explain_parse_error
 from project.engine.training import train
 
 
@@ -92,6 +93,12 @@ class TemplateCLI(LightningCLI):
             )
         finally:
             sys.argv = saved_argv
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        try:
+            super().parse_arguments(parser, args)
+        except ArgumentError as error:  # a misspelt option: name the close matches
+            raise UserError(f"{explain_parse_error(error, parser)} (see --help)") from None
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--run_dir", type=str | None, default=None, help="Run directory (default: a new one).")
@@ -175,6 +182,8 @@ class TemplateCLI(LightningCLI):
         # The checkpoint is read now, so that a bad file fails before training, to continue metrics.csv from its
         # step and the W&B run from its id.
         resumed = load_checkpoint_file(self.ckpt_path) if self.ckpt_path else {}
+        if resumed:  # before the loggers and the config are written: a failed resume leaves the run as it was
+            check_resumable(self.model, resumed, self.ckpt_path)
         if resumed and config.get("find_batch_size"):
             recipe.restore_found_batch_size(self.datamodule, resumed)
         wandb_id = resumed.get(WANDB_RUN_ID_KEY) if config["logger"] == "wandb" else None
@@ -241,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
             raise  # a bug, in the model or here: the traceback is what its author needs
         # e.g. --trainer.limit_val_batches 0.01 of 50 batches, or a val_check_interval longer than the epoch
         return _report(UserError(" ".join(str(error).split())), cli)
-    except NonFiniteLossError as error:  # not a usage mistake (2): the run itself failed
+    except (NonFiniteLossError, CheckpointWriteError) as error:  # not a usage mistake (2): the run itself failed
         print(f"error: {error}", file=sys.stderr)
         return 1
     except ArgumentError as error:

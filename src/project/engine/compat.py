@@ -201,3 +201,14 @@ class _ContinuedMetricsWriter(ExperimentWriter):
             writer.writeheader()
             writer.writerows(rows)
         os.replace(temporary, self.metrics_file_path)
+
+
+def option_strings(parser: Any) -> list[str]:
+    """Every option string an argparse (or jsonargparse) parser accepts: argparse (Python 3.10-3.13) keeps them only
+    in the private ``_option_string_actions``."""
+    return list(parser._option_string_actions)
+
+
+def argument_names(parser: Any) -> list[str]:
+    """The destinations of a parser's arguments: argparse keeps its actions only in the private ``_actions``."""
+    return [action.dest for action in parser._actions]

@@ -23,6 +23,13 @@ class CheckpointError(UserError):
     """A checkpoint file that cannot be loaded safely."""
 
 
+class CheckpointWriteError(OSError):
+    """A checkpoint the system refused to store (disk full, quota, file-size limit); the previous file is intact.
+
+    Not the user's mistake: the command line prints it as one line and exits with code 1.
+    """
+
+
 _NOISE = (
     "Does not validate against any of the Union subtypes",
     "Expected a <class 'NoneType'>",

@@ -32,6 +32,7 @@ from project.engine.checkpoint import load_checkpoint_file, model_from_checkpoin
 from project.engine.configs import short_names
 from project.engine.entrypoint import CKPT_HELP, ArgumentParser, checkpoint_run_dir, run_main
 from project.engine.errors import UserError, first_line
+from project.engine.filenames import escape_name, escape_names
 from project.engine.options import (
     check_gpu,
     constructor_args,
@@ -172,7 +173,7 @@ def evaluate(
     }
     if trainer.is_global_zero:
         output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(json.dumps(result, indent=2, default=str) + "\n")
+        output.write_text(json.dumps(escape_names(result), indent=2, default=str) + "\n", encoding="utf-8")
         _warn_if_preprocessing_differs(model, datamodule)
     return result
 
@@ -213,7 +214,7 @@ def _main(argv: list[str]) -> int:
     if distributed_eval.is_global_zero():
         print(
             f"test acc {100 * result['test_acc']:.2f}% | test loss {result['test_loss']:.4f} | data {result['data']}\n"
-            f"written: {result['output']} and the dashboard in {result['dashboard']}"
+            f"written: {escape_name(result['output'])} and the dashboard in {escape_name(result['dashboard'])}"
         )
     return 0
 

@@ -18,6 +18,8 @@ IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 INCEPTION_STATS = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 #: Keys LightningCLI adds to the saved hyperparameters of the classes it instantiates (not constructor arguments).
 CLI_HPARAM_KEYS = ("_class_path", "_instantiator")
+#: Model arguments the command line sets from the data module, not from options of their own.
+FROM_THE_DATA = ("num_classes", "input_shape", "class_names", "preprocessing")
 
 T = TypeVar("T")
 

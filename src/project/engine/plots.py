@@ -233,7 +233,7 @@ def write_per_class_csv(rows: Sequence[dict[str, Any]], path: str | os.PathLike[
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     columns = list(rows[0]) if rows else ["class"]
-    with path.open("w", newline="") as file:
+    with path.open("w", newline="", encoding="utf-8") as file:
         writer = csv.DictWriter(file, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)

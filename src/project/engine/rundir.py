@@ -24,6 +24,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from project.engine import compat
 from project.engine.errors import UserError
+from project.engine.filenames import escape_names
 
 SUMMARY = "summary.json"
 CHECKPOINTS = "checkpoints"
@@ -183,6 +184,6 @@ def continue_metrics_log(loggers: Iterable[Logger], step: int) -> None:
 def write_summary(run_dir: str | os.PathLike[str], summary: dict[str, Any]) -> Path:
     path = Path(run_dir) / SUMMARY
     temporary = path.with_suffix(".json.tmp")
-    temporary.write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    temporary.write_text(json.dumps(escape_names(summary), indent=2, default=str) + "\n", encoding="utf-8")
     os.replace(temporary, path)
     return path

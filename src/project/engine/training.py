@@ -13,6 +13,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from project.engine import rundir
 from project.engine.callbacks.signals import TrainingInterrupted
+from project.engine.filenames import escape_names
 from project.engine.loggers import finish_wandb
 
 
@@ -76,8 +77,8 @@ def _print_summary(summary: dict[str, Any]) -> None:
 
     loss = "n/a" if summary["test_loss"] is None else f"{summary['test_loss']:.4f}"
     print(
-        f"\nrun directory: {summary['run_dir']}\n"
+        f"\nrun directory: {escape_names(summary['run_dir'])}\n"
         f"best val acc {pct(summary['best_val_acc'])} | test acc {pct(summary['test_acc'])} | test loss {loss}"
         f" | {summary['epochs']} epochs in {summary['wall_time_s']:.1f}s\n"
-        f"best checkpoint: {summary['checkpoints']['best']}"
+        f"best checkpoint: {escape_names(summary['checkpoints']['best'])}"
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from typing import Any
@@ -10,14 +11,17 @@ import torch
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from project.engine.errors import CheckpointWriteError
+
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """``torch.save`` to a temporary file beside the target, ``fsync``, then ``os.replace``.
 
     A ``kill -9`` at any moment leaves either the previous file or the new one, both whole. The file gets the mode
     ``torch.save`` to a plain path would give it (``0666 & ~umask``, e.g. 0644), not the temporary file's 0600, so
-    teammates sharing a run directory can read it. Loading always uses ``weights_only=True``: a checkpoint can hold
-    only tensors and plain values.
+    teammates sharing a run directory can read it. A write the system refuses (a full disk, a quota, a file-size
+    limit) raises :class:`CheckpointWriteError`, naming the file and the reason. Loading always uses
+    ``weights_only=True``: a checkpoint can hold only tensors and plain values.
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any | None = None) -> None:
@@ -33,10 +37,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 file.flush()
                 os.fsync(file.fileno())
             os.replace(temporary, path)
-        except BaseException:
+        except BaseException as error:
             if os.path.exists(temporary):
                 os.remove(temporary)
-            raise
+            refusal = _os_error(error)
+            if refusal is None:
+                raise
+            raise CheckpointWriteError(_refused(os.fspath(path), refusal)) from error
         _fsync_directory(directory)
 
     def load_checkpoint(
@@ -47,6 +54,22 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if weights_only is False:
             raise ValueError("checkpoints are only ever loaded with weights_only=True")
         return load_checkpoint_file(path, map_location=map_location or "cpu")
+
+
+def _os_error(error: BaseException | None) -> OSError | None:
+    """The OSError behind ``error``: torch.save reports a failed write as a RuntimeError raised while handling it."""
+    while error is not None and not isinstance(error, OSError):
+        error = error.__cause__ or error.__context__
+    return error
+
+
+def _refused(path: str, error: OSError) -> str:
+    """What failed and why, and what is still there: the files saved before (a failed write never touches them)."""
+    code = f" ({errno.errorcode[error.errno]})" if error.errno in errno.errorcode else ""
+    directory = os.path.dirname(os.path.abspath(path))
+    saved = sorted(name for name in os.listdir(directory) if name.endswith(".ckpt") and not name.startswith("."))
+    kept = f"the previous checkpoint(s) {', '.join(saved)} are intact" if saved else "no checkpoint was saved before"
+    return f"cannot write checkpoint {path}: {error.strerror or error}{code}; {kept}"
 
 
 def _new_file_mode() -> int:

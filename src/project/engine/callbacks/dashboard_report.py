@@ -12,6 +12,7 @@ from lightning.pytorch.loggers import WandbLogger
 from torch import Tensor
 
 from project.engine import plots
+from project.engine.filenames import escape_name
 
 
 class Report:
@@ -39,7 +40,9 @@ class Report:
     ) -> Report:
         hparams = pl_module.hparams
         num_classes = int(hparams.num_classes)
-        class_names = list(hparams.get("class_names") or [str(i) for i in range(num_classes)])
+        names = hparams.get("class_names") or [str(i) for i in range(num_classes)]
+        # Escaped: a class folder's name may not be UTF-8, which no plot, CSV file or W&B table takes.
+        class_names = [escape_name(name) for name in names]
         images = _displayable(worst["images"], hparams.get("preprocessing"))
         samples = [
             {

@@ -17,6 +17,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from project.callbacks.averaging import EMA, SWA
 from project.engine.errors import UserError
+from project.engine.filenames import escape_name
 
 LR_FIND_PLOT = "lr_find.png"
 
@@ -37,7 +38,9 @@ def add_arguments(parser: Any) -> None:
         "--find_lr",
         type=Literal["no", "report", "apply"],
         default="no",
-        help="Run Lightning's learning-rate finder first: report its suggestion (and plot), or apply it.",
+        nargs="?",
+        const="report",  # the bare flag
+        help="Run Lightning's learning-rate finder first: report (the flag alone) its suggestion and plot, or apply.",
     )
     parser.add_argument("--find_lr_steps", type=int, default=100, help="Steps of the learning-rate finder.")
     parser.add_argument(
@@ -100,4 +103,6 @@ class ReportingLRFinder(LearningRateFinder):
 
         plt.close(figure)
         what = "applied" if self.apply and suggestion is not None else "not applied (--find_lr apply applies it)"
-        print(f"learning-rate finder: suggests lr {suggestion}, {what}; plot: {self.run_dir / LR_FIND_PLOT}")
+        print(
+            f"learning-rate finder: suggests lr {suggestion}, {what}; plot: {escape_name(self.run_dir / LR_FIND_PLOT)}"
+        )
