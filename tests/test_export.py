@@ -17,11 +17,12 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from project.engine import export
-from project.engine.checkpoint import load_model
+from project.engine.checkpoint import METADATA_FILE, load_exported, load_model
 from project.engine.cli import main as train
 
 DATA = {"mlp": "mnist", "cnn": "mnist", "resnet": "cifar10"}
-CASES = [(model, fmt) for model in ("mlp", "cnn") for fmt in export.FORMATS] + [("resnet", "onnx")]
+CASES = [(model, fmt) for model in ("mlp", "cnn") for fmt in export.FORMATS]
+CASES += [("resnet", "onnx"), ("resnet", "exported")]
 
 
 class _Trained(dict):
@@ -56,6 +57,12 @@ def _run_exported(path: Path, fmt: str, inputs: torch.Tensor) -> tuple[torch.Ten
             warnings.simplefilter("ignore", FutureWarning)
             module = torch.jit.load(str(path), _extra_files=files)
         return module(inputs), _decoded(json.loads(files["metadata.json"]))
+    if fmt == "exported":
+        files = {METADATA_FILE: ""}
+        program = torch.export.load(str(path), extra_files=files)  # as a user would, without the template
+        loaded, loaded_metadata = load_exported(path)
+        assert loaded_metadata == _decoded(json.loads(files[METADATA_FILE]))
+        return program.module()(inputs), loaded_metadata
     if fmt == "onnx":
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         (outputs,) = session.run(["logits"], {"images": inputs.numpy()})
@@ -78,9 +85,12 @@ def _run_exported(path: Path, fmt: str, inputs: torch.Tensor) -> tuple[torch.Ten
 
 
 @pytest.mark.parametrize(("model", "fmt"), CASES, ids=[f"{m}-{f}" for m, f in CASES])
-def test_exported_model_gives_the_checkpoints_outputs(checkpoints: dict[str, Path], model: str, fmt: str) -> None:
+def test_exported_model_gives_the_checkpoints_outputs(
+    checkpoints: dict[str, Path], model: str, fmt: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     checkpoint = checkpoints[model]
     assert export.main(["--ckpt", str(checkpoint), "--format", fmt]) == 0
+    assert "legacy" not in capsys.readouterr().out  # ONNX through the dynamo exporter, not the fallback
     path = checkpoint.parent.parent / "export" / f"best{export.FORMATS[fmt]}"
     assert path.is_file()
 
@@ -120,3 +130,22 @@ def test_export_mistakes_are_one_line_errors_with_exit_code_2(
     assert export.main([arg.format(**paths) for arg in args]) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and expected in errors[0]
+
+
+def test_the_onnx_exporter_falls_back_to_the_legacy_one_and_says_so(
+    checkpoints: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    real_export = torch.onnx.export
+
+    def dynamo_fails(*args: Any, dynamo: bool = True, **kwargs: Any) -> Any:
+        if dynamo:
+            raise RuntimeError("an operator the dynamo exporter cannot translate")
+        return real_export(*args, dynamo=False, **kwargs)
+
+    monkeypatch.setattr(torch.onnx, "export", dynamo_fails)
+    output = tmp_path / "legacy.onnx"
+    assert export.main(["--ckpt", str(checkpoints["mlp"]), "--format", "onnx", "--output", str(output)]) == 0
+    assert "using the legacy TorchScript-based one" in capsys.readouterr().out
+    inputs = torch.randn(3, 1, 28, 28)
+    outputs, _ = _run_exported(output, "onnx", inputs)
+    torch.testing.assert_close(outputs, load_model(checkpoints["mlp"])(inputs), rtol=1e-4, atol=1e-4)

@@ -5,16 +5,18 @@ in ``DataLoader`` workers (:func:`decode_files` and :class:`FolderImageDataset`,
 from __future__ import annotations
 
 import functools
+import inspect
 import io
 import math
 import os
 import warnings
+from collections import Counter
 from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from torchvision.io import ImageReadMode, decode_image
@@ -22,14 +24,40 @@ from torchvision.transforms.v2 import functional as TF
 
 from project.engine.api import DataError, first_line
 
-#: File name endings read as images (compared in lower case). Anything else in a class folder is ignored.
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
+#: Formats never read though Pillow has a plugin for them: EPS runs Ghostscript, and Pillow reads only the header of
+#: an MPEG video. (Pillow's stub plugins, e.g. HDF5 and WMF, cannot decode and are left out as well.)
+_REFUSED_FORMATS = frozenset(("EPS", "MPEG"))
 #: PIL's default limit on width × height (``PIL.Image.MAX_IMAGE_PIXELS``): about a 9459 × 9459 image.
 DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
-#: The only formats PIL may identify a file as: never EPS (Ghostscript) or other exotic decoders.
-_PIL_FORMATS = ("JPEG", "MPO", "PNG", "BMP", "GIF", "WEBP")
-#: Formats torchvision's native decoders read (the rest, e.g. BMP and animated WebP, go through PIL).
+#: Formats torchvision's native decoders read (the rest, e.g. BMP, TIFF and animated WebP, go through PIL).
 _TORCHVISION_FORMATS = frozenset(("JPEG", "MPO", "PNG", "WEBP", "GIF"))
+
+
+@functools.cache
+def image_extensions() -> dict[str, str]:
+    """File name ending (lower case, e.g. ``.tif``) → format, for every format Pillow decodes here (JPEG, PNG, TIFF,
+    BMP, GIF, WebP, AVIF, JPEG 2000, PSD, ...). Files with other endings are not read as images."""
+    Image.init()  # registers every plugin
+    formats = {
+        name for name, (opener, _) in Image.OPEN.items() if name not in _REFUSED_FORMATS and not _is_stub(opener)
+    }
+    formats.add("MPO")  # multi-picture JPEG from cameras, opened by the JPEG plugin
+    return {ext: name for ext, name in sorted(Image.registered_extensions().items()) if name in formats}
+
+
+def is_image_name(name: str) -> bool:
+    """Whether a file of this name is read as an image (by its extension, in any case)."""
+    return os.path.splitext(name)[1].lower() in image_extensions()
+
+
+def extension_counts(paths: Sequence[str | os.PathLike[str]]) -> str:
+    """``.txt: 2, .csv: 1``: how many of ``paths`` have each extension, the most frequent first."""
+    counts = Counter(os.path.splitext(path)[1].lower() or "no extension" for path in paths)
+    return ", ".join(f"{ext}: {count}" for ext, count in sorted(counts.items(), key=lambda item: (-item[1], item[0])))
+
+
+def _is_stub(opener: object) -> bool:
+    return inspect.isclass(opener) and issubclass(opener, ImageFile.StubImageFile)
 
 
 def load_image(
@@ -40,7 +68,7 @@ def load_image(
 ) -> Tensor:
     """One image file as a ``uint8`` tensor ``(channels, size, size)`` (``size=None`` keeps its size).
 
-    The header is read first (by PIL, restricted to JPEG, PNG, BMP, GIF and WebP) and images of more than
+    The header is read first (by PIL, restricted to :func:`image_extensions`' formats) and images of more than
     ``max_image_pixels`` pixels are refused before decoding. JPEG, PNG, GIF and WebP are decoded by
     torchvision, the rest by PIL; EXIF orientation is applied. Raises :class:`DataError` naming the file when
     it is not a usable image.
@@ -48,7 +76,30 @@ def load_image(
     try:
         return _load(os.fspath(path), channels, size, max_image_pixels)
     except _BadImage as error:
-        raise DataError(f"{os.fspath(path)}: {error}") from None
+        raise error.public(f"{os.fspath(path)}: {error}") from None
+
+
+def decode_image_bytes(
+    data: bytes, channels: int = 3, size: int | None = None, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+) -> Tensor:
+    """:func:`load_image` for an image file's bytes (e.g. an upload). Raises :class:`EmptyImage`,
+    :class:`ImageTooLarge` or :class:`NotAnImage`."""
+    try:
+        return _decode(bytearray(data), channels, size, max_image_pixels)
+    except _BadImage as error:
+        raise error.public(str(error)) from None
+
+
+class NotAnImage(DataError):
+    """A file (or upload) that is not a usable image; the message says why."""
+
+
+class EmptyImage(NotAnImage):
+    """No bytes at all."""
+
+
+class ImageTooLarge(NotAnImage):
+    """More pixels than allowed: refused before decoding, as a possible decompression bomb."""
 
 
 class FolderImageDataset(Dataset):
@@ -159,7 +210,17 @@ def _collate_decoded(
 
 # ---------------------------------------------------------------------- decoding one file
 class _BadImage(Exception):
-    """The file is not a usable image; the message says why."""
+    """The file is not a usable image; the message says why (without the file's name)."""
+
+    public: type[NotAnImage] = NotAnImage
+
+
+class _Empty(_BadImage):
+    public = EmptyImage
+
+
+class _TooLarge(_BadImage):
+    public = ImageTooLarge
 
 
 def _load(path: str, channels: int, size: int | None, max_pixels: int) -> Tensor:
@@ -168,20 +229,24 @@ def _load(path: str, channels: int, size: int | None, max_pixels: int) -> Tensor
             data = bytearray(file.read())
     except OSError as error:
         raise _BadImage(f"cannot be read ({error.strerror or error})") from None
+    return _decode(data, channels, size, max_pixels)
+
+
+def _decode(data: bytearray, channels: int, size: int | None, max_pixels: int) -> Tensor:
     if not data:
-        raise _BadImage("empty file")
+        raise _Empty("empty file")
     with warnings.catch_warnings():
         # PIL warns about large images (we check the size ourselves) and about palette transparency (handled).
         warnings.simplefilter("ignore")
         try:
             pil = Image.open(io.BytesIO(data), formats=_pil_formats())
         except Image.DecompressionBombError as error:
-            raise _BadImage(f"refused as a decompression bomb ({error})") from None
+            raise _TooLarge(f"refused as a decompression bomb ({error})") from None
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError):
-            raise _BadImage(f"not a readable image (formats: {', '.join(_PIL_FORMATS)})") from None
+            raise _BadImage("not an image in a format Pillow reads") from None
         width, height = pil.size
         if width * height > max_pixels:
-            raise _BadImage(
+            raise _TooLarge(
                 f"{width}x{height} = {width * height} pixels is more than max_image_pixels={max_pixels}: "
                 f"refused as a possible decompression bomb"
             )
@@ -205,8 +270,7 @@ def _load(path: str, channels: int, size: int | None, max_pixels: int) -> Tensor
 
 @functools.cache
 def _pil_formats() -> tuple[str, ...]:
-    Image.init()  # registers every plugin; MPO (multi-picture JPEG from cameras) is only known after it
-    return tuple(name for name in _PIL_FORMATS if name in Image.OPEN)
+    return tuple(sorted(name for name in set(image_extensions().values()) if name in Image.OPEN))
 
 
 def _decode_with_pil(pil: Image.Image, alpha: bool) -> Tensor:
@@ -221,7 +285,7 @@ def _decode_with_pil(pil: Image.Image, alpha: bool) -> Tensor:
         else:
             array = np.asarray(pil.convert("RGB")).transpose(2, 0, 1)
     except Image.DecompressionBombError as error:
-        raise _BadImage(f"refused as a decompression bomb ({error})") from None
+        raise _TooLarge(f"refused as a decompression bomb ({error})") from None
     except (OSError, ValueError, SyntaxError, EOFError, IndexError) as error:
         raise _BadImage(f"cannot be decoded ({first_line(error)})") from None
     return torch.from_numpy(np.ascontiguousarray(array))

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import re
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +14,7 @@ import lightning as L
 import torch
 
 from project.engine.errors import CheckpointError, UserError, first_line
-from project.engine.options import constructor_args, import_class
+from project.engine.options import FROM_THE_DATA, constructor_args, import_class
 
 
 def load_checkpoint_file(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -57,6 +59,70 @@ def _reason(error: BaseException) -> str:
     return f"{type(error).__name__}: {reason}" if reason else type(error).__name__
 
 
+#: An argument one side does not have (told apart from one set to None).
+_UNSET = object()
+
+
+def check_resumable(model: L.LightningModule, checkpoint: dict[str, Any], path: str | os.PathLike[str]) -> None:
+    """Refuse to resume ``checkpoint`` (read from ``path``) into a ``model`` its weights do not fit, naming the
+    model arguments that differ from the saved ones: Lightning finds out only in ``load_state_dict``, with a
+    traceback, after the run's config and logs were rewritten. Called before anything is written."""
+    saved = checkpoint.get("state_dict")
+    if not isinstance(saved, dict):
+        return  # not a training checkpoint: Lightning's restore says so
+    current = model.state_dict()
+    keys = [] if model.strict_loading is False else sorted(current.keys() ^ saved.keys())
+    shapes = [key for key in sorted(current.keys() & saved.keys()) if current[key].shape != saved[key].shape]
+    if not keys and not shapes:
+        return
+    hparams = checkpoint.get("hyper_parameters") or {}
+    differences = [_difference(key, value, saved_value) for key, value, saved_value in _changed(model, hparams)]
+    if not differences:  # the network changed though its arguments did not: say where
+        key = (shapes or keys)[0]
+        differences = [
+            f"{key} has shape {tuple(current[key].shape)} now, {tuple(saved[key].shape)} in the checkpoint"
+            if key in shapes
+            else f"the weight {key} is only in {'the checkpoint' if key in saved else 'the model'}"
+        ]
+    raise UserError(
+        f"cannot resume from {path}: the network configured now does not fit its weights: {'; '.join(differences)}. "
+        "Resume without changing the network, or start a new run"
+    )
+
+
+def _changed(model: L.LightningModule, hparams: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """``(argument, value now, saved value)`` of the model's arguments that differ from the checkpoint's."""
+    saved_class, current_class = str(hparams.get("_class_path", "")), type(model).__name__
+    changed = []
+    if saved_class and saved_class.rsplit(".", 1)[-1] != current_class:
+        changed.append(("", current_class, saved_class.rsplit(".", 1)[-1]))
+    given, saved = constructor_args(dict(model.hparams)), constructor_args(hparams)
+    for key in sorted(given.keys() | saved.keys()):
+        value, saved_value = given.get(key, _UNSET), saved.get(key, _UNSET)
+        if _plain(value) != _plain(saved_value):
+            changed.append((key, value, saved_value))
+    return changed
+
+
+def _difference(key: str, value: Any, saved: Any) -> str:
+    option = "--model" if not key else f"{key} (from the data)" if key in FROM_THE_DATA else f"--model.{key}"
+    return f"{option} is {_short(value)} now, {_short(saved)} in the checkpoint"
+
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists, recursively: a config gives lists where the checkpoint may hold tuples."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    return value
+
+
+def _short(value: Any) -> str:
+    text = "not set" if value is _UNSET else str(_plain(value))
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def load_model(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> L.LightningModule:
     """Rebuild the LightningModule saved in a checkpoint of this template, from the checkpoint alone."""
     return model_from_checkpoint(load_checkpoint_file(path, map_location), path)
@@ -95,3 +161,28 @@ def rebuild_model(class_path: str, hparams: dict[str, Any], path: str | os.PathL
         raise CheckpointError(f"checkpoint {str(path)!r} does not match {class_path}: {first_line(error)}") from None
     model.hparams.update(saved)
     return model
+
+
+#: The name of the metadata file inside exported ``.pt2`` and TorchScript archives (``export.py``).
+METADATA_FILE = "metadata.json"
+
+
+def load_exported(path: str | Path) -> tuple[torch.export.ExportedProgram, dict[str, Any]]:
+    """A ``.pt2`` file written by :func:`export_program` and its decoded metadata."""
+    files = {METADATA_FILE: ""}
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: does not exist")
+    if not zipfile.is_zipfile(path):  # checked first: torch.export.load logs a traceback-like warning for it
+        raise CheckpointError(f"{path}: not a torch.export program (not a zip archive)")
+    try:
+        program = torch.export.load(str(path), extra_files=files)
+    except (OSError, RuntimeError, ValueError, KeyError) as error:
+        raise CheckpointError(f"{path}: not a torch.export program ({first_line(error)})") from None
+    if not files[METADATA_FILE]:
+        raise CheckpointError(f"{path}: not exported by this template (no {METADATA_FILE})")
+    return program, decode_metadata(json.loads(files[METADATA_FILE]))
+
+
+def decode_metadata(raw: dict[str, str]) -> dict[str, Any]:
+    """:func:`metadata` as stored (JSON strings) back to values."""
+    return {key: value if key in ("model_class", "output") else json.loads(value) for key, value in raw.items()}

@@ -1,13 +1,16 @@
 """Export a checkpoint's network for serving: ``python scripts/export.py --ckpt best.ckpt --format onnx``.
 
-Three formats, each holding the network in eval mode (logits out, for ``(N, C, H, W)`` inputs preprocessed as
-the checkpoint's ``preprocessing`` says) and the metadata needed to use it without this package's checkpoint:
-class names, preprocessing, input shape, model class and hyperparameters, as JSON strings.
+Four formats, each holding the network in eval mode (logits out, for ``(N, C, H, W)`` inputs preprocessed as
+the checkpoint's ``preprocessing`` says, any batch size) and the metadata needed to use it without this package's
+checkpoint: class names, preprocessing, input shape, model class and hyperparameters, as JSON strings.
 
-* ``torchscript``: ``torch.jit.trace`` (the textbook's path), metadata in the archive's ``metadata.json``;
-  load with ``torch.jit.load(path)``. PyTorch has deprecated TorchScript; prefer ONNX for new deployments.
-* ``onnx``: ``torch.onnx.export`` with a dynamic batch axis (input ``images``, output ``logits``), metadata in
-  the model's ``metadata_props``; run with onnxruntime.
+* ``exported``: a ``torch.export`` program (``.pt2``), today's PyTorch format, metadata in its ``metadata.json``;
+  load with :func:`~project.engine.checkpoint.load_exported` (``torch.export.load``) and call ``program.module()``.
+* ``onnx``: the dynamo exporter (``torch.onnx.export(..., dynamo=True)``, needs onnxscript), input ``images`` and
+  output ``logits`` with a dynamic batch axis, metadata in the model's ``metadata_props``; run with onnxruntime.
+  Where the dynamo exporter fails, the legacy TorchScript-based one is tried, and says so.
+* ``torchscript`` (legacy): ``torch.jit.trace``, the textbook's path, metadata in ``metadata.json``; load with
+  ``torch.jit.load(path)``. PyTorch has deprecated TorchScript: prefer ``exported`` or ONNX.
 * ``safetensors``: the network's state dict alone, weights only (nothing to unpickle), metadata in the
   file's header; :func:`load_safetensors` rebuilds the model from it.
 """
@@ -24,12 +27,12 @@ import lightning as L
 import torch
 from torch import nn
 
-from project.engine.checkpoint import load_model, rebuild_model
+from project.engine.checkpoint import METADATA_FILE, decode_metadata, load_model, rebuild_model
 from project.engine.entrypoint import CKPT_HELP, ArgumentParser, checkpoint_run_dir, run_main
 from project.engine.errors import CheckpointError, UserError, first_line
 from project.engine.options import constructor_args
 
-FORMATS = {"torchscript": ".pt", "onnx": ".onnx", "safetensors": ".safetensors"}
+FORMATS = {"exported": ".pt2", "onnx": ".onnx", "torchscript": ".pt", "safetensors": ".safetensors"}
 
 
 def metadata(model: L.LightningModule) -> dict[str, str]:
@@ -62,6 +65,7 @@ def export(checkpoint: str | Path, fmt: str, output: str | Path | None = None) -
     path = Path(output) if output else default_output(checkpoint, fmt)
     path.parent.mkdir(parents=True, exist_ok=True)
     exporters: dict[str, Callable[[nn.Module, torch.Tensor, Path, dict[str, str]], None]] = {
+        "exported": export_program,
         "torchscript": export_torchscript,
         "onnx": export_onnx,
         "safetensors": export_safetensors,
@@ -76,7 +80,18 @@ def export_torchscript(network: nn.Module, example: torch.Tensor, path: Path, me
         warnings.filterwarnings("ignore", message=r".*torch\.jit\.\w+` is deprecated", category=FutureWarning)
         with torch.no_grad():
             traced = torch.jit.trace(network, example)
-        torch.jit.save(traced, str(path), _extra_files={"metadata.json": json.dumps(meta)})
+        torch.jit.save(traced, str(path), _extra_files={METADATA_FILE: json.dumps(meta)})
+
+
+def batch_dimension() -> dict[int, Any]:
+    """The inputs' first dimension is the batch, of any size."""
+    return {0: torch.export.Dim("batch", min=1, max=65536)}
+
+
+def export_program(network: nn.Module, example: torch.Tensor, path: Path, meta: dict[str, str]) -> None:
+    with torch.no_grad():
+        program = torch.export.export(network, (example,), dynamic_shapes=(batch_dimension(),))
+    torch.export.save(program, str(path), extra_files={METADATA_FILE: json.dumps(meta)})
 
 
 def export_onnx(network: nn.Module, example: torch.Tensor, path: Path, meta: dict[str, str]) -> None:
@@ -84,20 +99,26 @@ def export_onnx(network: nn.Module, example: torch.Tensor, path: Path, meta: dic
         import onnx
     except ImportError:
         raise UserError("--format onnx needs the onnx package: pip install -e '.[export]'") from None
-    with warnings.catch_warnings():
-        # The TorchScript-based exporter (dynamo=False) is deprecated upstream but needs no extra package and
-        # handles these plain networks; torch.export's exporter would need onnxscript.
-        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx")
-        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export", category=DeprecationWarning)
-        torch.onnx.export(
-            network,
-            (example,),
-            str(path),
-            dynamo=False,
-            input_names=["images"],
-            output_names=["logits"],
-            dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
-        )
+    names = {"input_names": ["images"], "output_names": ["logits"]}
+    try:
+        import onnxscript  # noqa: F401 - what the dynamo exporter needs
+    except ImportError:
+        raise UserError("--format onnx needs the onnxscript package: pip install -e '.[export]'") from None
+    try:
+        with torch.no_grad():
+            program = torch.onnx.export(
+                network, (example,), dynamo=True, dynamic_shapes=(batch_dimension(),), verbose=False, **names
+            )
+        program.save(str(path))
+    except Exception as error:  # noqa: BLE001 - any exporter failure: the legacy exporter, said out loud
+        print(f"note: the dynamo ONNX exporter failed ({first_line(error)}); using the legacy TorchScript-based one")
+        with warnings.catch_warnings():
+            # Deprecated upstream, and used here only where the dynamo exporter failed (said above).
+            warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx")
+            warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX", category=DeprecationWarning)
+            torch.onnx.export(
+                network, (example,), str(path), dynamo=False, dynamic_axes={"images": {0: "batch"}}, **names
+            )
     model = onnx.load(str(path))
     for key, value in meta.items():
         model.metadata_props.add(key=key, value=value)
@@ -123,7 +144,7 @@ def load_safetensors(path: str | Path) -> tuple[L.LightningModule, dict[str, Any
         raw = file.metadata() or {}
     if "model_class" not in raw:
         raise UserError(f"{path}: not a safetensors file exported by this template (no model_class metadata)")
-    meta = {key: (value if key in ("model_class", "output") else json.loads(value)) for key, value in raw.items()}
+    meta = decode_metadata(raw)
     model = rebuild_model(meta["model_class"], meta["hyper_parameters"], path)
     try:
         model.network.load_state_dict(load_file(str(path)))

@@ -4,7 +4,9 @@ Every input goes through the preprocessing saved in the checkpoint, the same as 
 image decoder :func:`~project.datamodules.images.load_image`: EXIF orientation, transparency on white,
 16-bit and palette images handled), converted to the model's channels, resized to its image size, scaled to
 [0, 1] and normalized with its mean and std. Files that cannot be read are listed with the reason instead of
-stopping the run. The results go to a CSV file (path, prediction, confidence, top-k) and a short table.
+stopping the run. The results go to a CSV file (path, prediction, confidence, top-k) and a short table; file and
+class names that are not UTF-8 are written escaped (:mod:`~project.engine.filenames`). In folders, files whose
+extension is not of a format Pillow reads are not read, and counted.
 """
 
 from __future__ import annotations
@@ -13,17 +15,17 @@ import csv
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import NamedTuple
 
 import lightning as L
 import torch
-from torch import Tensor
-from torchvision.transforms.v2 import functional as TF
 
-from project.datamodules.images import IMAGE_EXTENSIONS, load_image
+from project.datamodules.images import extension_counts, is_image_name
 from project.engine.checkpoint import load_model
 from project.engine.entrypoint import CKPT_HELP, ArgumentParser, run_main
 from project.engine.errors import DataError, UserError
+from project.engine.filenames import escape_name
+from project.engine.inputs import file_input
 from project.engine.options import uses_gpu
 
 #: Rows shown in the printed table; the CSV has them all.
@@ -47,32 +49,36 @@ class Prediction:
         return self.topk[0][1] if self.topk else None
 
 
-def find_images(inputs: Iterable[str | Path]) -> list[Path]:
+class Found(NamedTuple):
+    """What :func:`find_images` found."""
+
+    files: list[Path]
+    #: Files in the folders not read for their extension (not a format Pillow reads).
+    skipped: list[Path]
+
+
+def find_images(inputs: Iterable[str | Path]) -> Found:
     """Files as given, and the image files (by extension) under folders, recursively, in sorted order."""
     files: list[Path] = []
+    skipped: list[Path] = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            files += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+            found = sorted(p for p in path.rglob("*") if p.is_file())
+            files += [p for p in found if is_image_name(p.name)]
+            skipped += [p for p in found if not is_image_name(p.name)]
         elif path.is_file():
             files.append(path)  # named explicitly: tried whatever its extension, reported if unreadable
         else:
-            raise UserError(f"{item}: no such file or folder")
+            raise UserError(f"{escape_name(item)}: no such file or folder")
     if not files:
-        raise UserError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in {', '.join(map(str, inputs))}")
-    return files
+        inputs = ", ".join(escape_name(item) for item in inputs)
+        raise UserError(f"no image files (formats Pillow reads: .jpg, .png, .tif, ...) in {inputs}{_skipped(skipped)}")
+    return Found(files, skipped)
 
 
-def preprocess(path: str | Path, preprocessing: dict[str, Any]) -> Tensor:
-    """The model input ``(C, H, W)`` for one file; raises :class:`DataError` when it is not a usable image."""
-    height, width = preprocessing["image_size"]
-    image = load_image(path, channels=int(preprocessing["channels"]))
-    if tuple(image.shape[-2:]) != (height, width):
-        image = TF.resize(image, [height, width], antialias=True)  # as the folder data module resizes
-    inputs = image.float() / 255
-    if preprocessing.get("mean") is not None and preprocessing.get("std") is not None:
-        inputs = TF.normalize(inputs, preprocessing["mean"], preprocessing["std"])
-    return inputs
+def _skipped(skipped: Sequence[Path]) -> str:
+    return f"; {len(skipped)} file(s) not read for their extension ({extension_counts(skipped)})" if skipped else ""
 
 
 def predict_files(
@@ -96,7 +102,7 @@ def predict_files(
             result = Prediction(str(path))
             results.append(result)
             try:
-                batch.append(preprocess(path, hparams.preprocessing))
+                batch.append(file_input(path, hparams.preprocessing))
                 ready.append(result)
             except DataError as error:
                 result.error = str(error).removeprefix(f"{path}: ")
@@ -111,16 +117,17 @@ def predict_files(
 
 
 def write_csv(predictions: Sequence[Prediction], path: str | Path) -> Path:
-    """``path,prediction,confidence,topk,error``; top-k as ``name:prob;name:prob``."""
+    """``path,prediction,confidence,topk,error`` in UTF-8; top-k as ``name:prob;name:prob``; names escaped."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as file:
+    with path.open("w", newline="", encoding="utf-8") as file:
         writer = csv.writer(file)
         writer.writerow(["path", "prediction", "confidence", "topk", "error"])
         for result in predictions:
             confidence = "" if result.confidence is None else f"{result.confidence:.6f}"
-            topk = ";".join(f"{name}:{value:.6f}" for name, value in result.topk)
-            writer.writerow([result.path, result.label, confidence, topk, result.error])
+            topk = ";".join(f"{escape_name(name)}:{value:.6f}" for name, value in result.topk)
+            label, error = escape_name(result.label), escape_name(result.error)
+            writer.writerow([escape_name(result.path), label, confidence, topk, error])
     return path
 
 
@@ -132,11 +139,12 @@ def print_table(predictions: Sequence[Prediction]) -> None:
     # Text objects, not strings: a file named "cat[1].jpg" must not be read as rich markup.
     table = Table("file", "prediction", "confidence", "top-k / error")
     for result in predictions[:SHOWN]:
+        path = Text(escape_name(result.path))
         if result.error:
-            table.add_row(Text(result.path), "", "", Text(result.error, style="red"))
+            table.add_row(path, "", "", Text(escape_name(result.error), style="red"))
         else:
-            others = ", ".join(f"{name} {value:.1%}" for name, value in result.topk[1:])
-            table.add_row(Text(result.path), Text(result.label), f"{result.confidence:.1%}", Text(others))
+            others = ", ".join(f"{escape_name(name)} {value:.1%}" for name, value in result.topk[1:])
+            table.add_row(path, Text(escape_name(result.label)), f"{result.confidence:.1%}", Text(others))
     if len(predictions) > SHOWN:
         table.caption = f"first {SHOWN} of {len(predictions)}: see the CSV file for all"
     Console().print(table)
@@ -171,13 +179,14 @@ def _main(argv: list[str]) -> int:
     if args.topk < 1 or args.batch_size < 1:
         raise UserError("--topk and --batch_size must be at least 1")
     device = _device(args.device)
-    paths = find_images(args.inputs)
+    found = find_images(args.inputs)
     model = load_model(args.ckpt)
-    predictions = predict_files(model, paths, args.topk, args.batch_size, device)
+    predictions = predict_files(model, found.files, args.topk, args.batch_size, device)
     output = write_csv(predictions, args.output)
     print_table(predictions)
     failed = sum(1 for result in predictions if result.error)
-    print(f"{len(predictions) - failed} predicted, {failed} unreadable; written to {output}")
+    summary = f"{len(predictions) - failed} predicted, {failed} unreadable{_skipped(found.skipped)}"
+    print(f"{summary}; written to {escape_name(output)}")
     return 0 if failed < len(predictions) else 1
 
 

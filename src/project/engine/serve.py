@@ -1,0 +1,159 @@
+"""Serve a model over HTTP with LitServe: ``python scripts/serve.py --ckpt runs/<run>/checkpoints/best.ckpt``.
+
+``POST /predict`` takes one image (the raw bytes with an ``image/*`` or ``application/octet-stream`` content type,
+a multipart upload in the field ``image``, or JSON ``{"image": "<base64>"}``) and answers the top-k classes by name
+with their probabilities, preprocessed as the checkpoint says: the answers of ``predict.py``. ``GET /`` is a page
+to try it, ``GET /health`` says whether the workers are ready. Requests are batched dynamically
+(``--max_batch_size``, ``--batch_timeout``), with ``--workers_per_device`` workers on each of ``--devices``.
+A checkpoint or an exported ``.pt2`` program (``export.py --format exported``) can be served. Nothing is written.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor
+
+from project.engine.checkpoint import load_exported, load_model
+from project.engine.entrypoint import CKPT_HELP, ArgumentParser, run_main
+from project.engine.errors import UserError
+from project.engine.inputs import EmptyImage, ImageTooLarge, NotAnImage, bytes_input
+from project.engine.options import check_gpu
+from project.engine.serve_http import PageAndRawImages
+
+try:
+    from fastapi import HTTPException
+    from litserve import LitAPI, LitServer
+except ImportError:  # the optional extra (pip install -e '.[serve]'): serve.py says so in one line
+    LitAPI, LitServer, HTTPException = object, None, None
+
+
+class Served(NamedTuple):
+    """What serving needs of a model: a network from inputs to logits, its class names, its preprocessing."""
+
+    network: Any
+    class_names: list[str]
+    preprocessing: dict[str, Any]
+
+
+def load_served(path: str | Path, device: torch.device | str = "cpu") -> Served:
+    """A checkpoint of this template, or a ``.pt2`` program exported from one, ready to serve on ``device``."""
+    if Path(path).suffix == ".pt2":
+        program, meta = load_exported(path)
+        return Served(program.module().to(device), list(meta["class_names"]), meta["preprocessing"])
+    model = load_model(path, map_location=device)
+    hparams = model.hparams
+    if not hparams.get("preprocessing") or not hparams.get("class_names"):
+        raise UserError(
+            f"{path}: the checkpoint has no class names or preprocessing: was it trained with this template?"
+        )
+    return Served(model.eval(), list(hparams.class_names), dict(hparams.preprocessing))
+
+
+class ClassifierAPI(LitAPI):
+    """The LitServe API of a model: decode and check one image per request, batch, predict, answer the top-k.
+
+    Built in the server process and sent to each worker, which loads the model in :meth:`setup`.
+    """
+
+    def __init__(self, source: str | Path, topk: int = 5, max_batch_size: int = 1, batch_timeout: float = 0.0) -> None:
+        super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout)
+        self.source, self.topk = str(source), topk
+
+    def setup(self, device: str) -> None:
+        self.device = torch.device(device)
+        self.served = load_served(self.source, self.device)
+
+    def decode_request(self, request):  # noqa: ANN001 - unannotated: LitServe then hands over the parsed body
+        """One image from the request, as the model input (a 4xx with a one-line reason when it is not usable)."""
+        try:
+            return bytes_input(image_bytes(request), self.served.preprocessing)
+        except ImageTooLarge as error:
+            raise HTTPException(413, str(error)) from None
+        except EmptyImage as error:
+            raise HTTPException(400, str(error)) from None
+        except NotAnImage as error:
+            raise HTTPException(415, str(error)) from None
+
+    def batch(self, inputs: list[Tensor]) -> Tensor:
+        return torch.stack(inputs)
+
+    def predict(self, images: Tensor) -> Tensor:
+        single = images.ndim == 3  # without batching (--max_batch_size 1) LitServe passes one input
+        images = (images[None] if single else images).to(self.device, non_blocking=True)
+        with torch.inference_mode():
+            probabilities = self.served.network(images).float().softmax(dim=-1).cpu()
+        return probabilities[0] if single else probabilities
+
+    def unbatch(self, output: Tensor) -> list[Tensor]:
+        return list(output)
+
+    def encode_response(self, probabilities: Tensor) -> dict[str, Any]:
+        names = self.served.class_names
+        values, indices = probabilities.topk(min(self.topk, len(names)))
+        pairs = zip(indices.tolist(), values.tolist(), strict=True)
+        return {"predictions": [{"class": names[index], "probability": value} for index, value in pairs]}
+
+
+def image_bytes(request: Any) -> bytes:
+    """The image in a request: a multipart upload's ``image`` field, or JSON's base64 ``image``."""
+    upload = request.get("image") if hasattr(request, "get") else None
+    if upload is None:
+        raise EmptyImage("no image: send its bytes, a multipart upload in the field 'image', or JSON {'image': base64}")
+    if hasattr(upload, "file"):  # a multipart upload
+        upload.file.seek(0)
+        return upload.file.read()
+    try:
+        return base64.b64decode(upload, validate=True)
+    except (binascii.Error, TypeError, ValueError):
+        raise NotAnImage("the JSON field 'image' is not base64") from None
+
+
+# ---------------------------------------------------------------------------------------------- command line
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="serve.py", description="Serve a checkpoint over HTTP (POST /predict, GET /).")
+    parser.add_argument("--ckpt", required=True, help=f"{CKPT_HELP} Or an exported .pt2 program.")
+    parser.add_argument("--host", default="127.0.0.1", help="Address to listen on (0.0.0.0: every interface).")
+    parser.add_argument("--port", type=int, default=8000, help="Port (default 8000).")
+    parser.add_argument("--topk", type=int, default=5, help="Classes in each answer (default 5).")
+    parser.add_argument("--max_batch_size", type=int, default=16, help="Largest dynamic batch (1: no batching).")
+    parser.add_argument("--batch_timeout", type=float, default=0.005, help="Seconds to wait to fill a batch.")
+    parser.add_argument("--accelerator", default="auto", help="auto, cpu, cuda, mps (default auto).")
+    parser.add_argument("--devices", default="auto", help="Devices to serve on (default: all of the accelerator's).")
+    parser.add_argument("--workers_per_device", type=int, default=1, help="Model copies per device (default 1).")
+    parser.add_argument("--timeout", type=float, default=30, help="Seconds before a request times out (default 30).")
+    return parser
+
+
+def _main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    check_gpu(args.accelerator)
+    for name in ("topk", "max_batch_size", "workers_per_device", "port"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name} must be at least 1, got {getattr(args, name)}")
+    if LitServer is None:
+        raise UserError("serving needs LitServe: pip install -e '.[serve]'")
+    load_served(args.ckpt)  # a bad file is one line here, before any worker starts
+    api = ClassifierAPI(args.ckpt, args.topk, args.max_batch_size, args.batch_timeout)
+    devices = args.devices if args.devices == "auto" else int(args.devices)
+    server = LitServer(
+        api,
+        accelerator=args.accelerator,
+        devices=devices,
+        workers_per_device=args.workers_per_device,
+        timeout=args.timeout,
+        middlewares=[PageAndRawImages],
+    )
+    print(f"serving {args.ckpt} on http://{args.host}:{args.port}/ (POST /predict, GET /health)", flush=True)
+    server.run(host=args.host, port=args.port, generate_client_file=False)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``scripts/serve.py``: returns the exit code (2 for user mistakes, with one ``error:`` line)."""
+    return run_main(_main, argv)

@@ -1,0 +1,65 @@
+"""What the serving tests share: a trained checkpoint, and ``scripts/serve.py`` running on a free port of 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+from conftest import REPO, TINY
+
+from project.engine.cli import main as train
+
+SERVE_SCRIPT = REPO / "scripts" / "serve.py"
+
+
+def train_checkpoint(root: Path, data_root: Path, model: str = "mlp") -> Path:
+    run = root / model
+    args = [*TINY, "--model", model, "--data.root", str(data_root), "--data.download", "false"]
+    assert train([*args, "--data.val_size", "0.1", "--run_dir", str(run)]) == 0
+    return run / "checkpoints" / "best.ckpt"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextmanager
+def serving(source: Path, cwd: Path, *args: str, ready_within: float = 600) -> Iterator[str]:
+    """``scripts/serve.py --ckpt SOURCE ARGS`` in a subprocess; yields its URL once ``/health`` answers 200."""
+    port = free_port()
+    log = cwd / f"serve-{port}.log"
+    command = [sys.executable, str(SERVE_SCRIPT), "--ckpt", str(source), "--port", str(port), *args]
+    with log.open("w") as output:
+        # A session of its own: LitServe's API server and workers are its children, stopped with it.
+        process = subprocess.Popen(command, cwd=cwd, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + ready_within  # generous: a loaded 2-core machine starts workers slowly
+        while True:
+            assert process.poll() is None, log.read_text()[-3000:]
+            try:
+                if httpx.get(f"{url}/health", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.5)
+        yield url
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        log.unlink(missing_ok=True)
