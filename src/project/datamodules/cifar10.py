@@ -16,6 +16,7 @@ from project.datamodules.base import ImageDataModule, uint8_images
 from project.engine.api import DataError
 
 # Where the archive comes from, its checksum and its files: torchvision's (CIFAR10.url, .tgz_md5, ...).
+FOLDER = CIFAR10.base_folder
 TRAIN_FILES = [name for name, _ in CIFAR10.train_list]
 TEST_FILES = [name for name, _ in CIFAR10.test_list]
 
@@ -48,7 +49,7 @@ class CIFAR10DataModule(ImageDataModule):
 
     @property
     def folder(self) -> str:
-        return os.path.join(self.root, CIFAR10.base_folder)
+        return os.path.join(self.root, FOLDER)
 
     def prepare_data(self) -> None:
         missing = [name for name in TRAIN_FILES + TEST_FILES if not os.path.isfile(os.path.join(self.folder, name))]
