@@ -81,7 +81,11 @@ def measure(ckpt: Path, mode: list[str], body: bytes, requests: int, clients: in
         port = probe.getsockname()[1]
     command = [sys.executable, str(REPO / "scripts" / "serve.py"), "--ckpt", str(ckpt), "--port", str(port)]
     server = subprocess.Popen(
-        [*command, "--accelerator", "cpu", *mode], cwd=cwd, stdout=subprocess.DEVNULL, start_new_session=True
+        [*command, "--accelerator", "cpu", *mode],
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
     try:
