@@ -53,8 +53,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(scope="session", autouse=True)
 def offline_environment(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """No test touches the network: W&B is offline, torchvision's weight cache holds a saved ResNet-18."""
+    """No test touches the network: W&B is offline, torchvision's weight cache holds a saved ResNet-18; and none
+    writes outside its temporary folders (the folder scans kept between runs too)."""
     torch_home = tmp_path_factory.mktemp("torch_home")
+    os.environ["PROJECT_CACHE_DIR"] = str(tmp_path_factory.mktemp("project_cache"))
     write_resnet18_weights(torch_home)
     os.environ["TORCH_HOME"] = str(torch_home)
     os.environ["WANDB_MODE"] = "offline"

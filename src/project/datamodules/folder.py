@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 from project.datamodules.base import ImageDataModule
 from project.datamodules.files import SPLITS, Item, Scan, carve, scan_folder
 from project.datamodules.images import DEFAULT_MAX_IMAGE_PIXELS, FolderImageDataset, decode_files, extension_counts
+from project.datamodules.scan_cache import decode_or_reuse
 from project.datamodules.transforms import Normalize
 from project.engine.api import DataError, EpochSeededSampler, InMemoryLoader, ResumableDataLoader, loader_seed
 
@@ -63,7 +64,8 @@ class FolderDataModule(ImageDataModule):
             ``test`` folder.
         num_workers: ``DataLoader`` worker processes, for decoding at setup and, without the cache, batches.
         cache: ``auto`` keeps the decoded images in memory (on the training device) when they take less than
-            2 GiB, ``always`` does regardless, ``never`` decodes them again in workers every epoch.
+            2 GiB, ``always`` does regardless, ``never`` decodes them again in workers every epoch (what setup
+            learned of them is kept for the next run while they are unchanged: :mod:`.scan_cache`).
         strict: Raise an error listing the unusable files instead of skipping them with a warning.
         max_image_pixels: Refuse images with more pixels (width × height) than this.
         **kwargs: Options of :class:`~project.datamodules.base.ImageDataModule` (``batch_size``,
@@ -189,15 +191,11 @@ class FolderDataModule(ImageDataModule):
         decoded = {}
         for split in todo:
             paths = [path for path, _ in items[split]]
-            decoded[split] = decode_files(
-                paths,
-                channels,
-                size,
-                self.hparams.max_image_pixels,
-                keep=self._in_memory,
-                histogram=split == "train",
-                num_workers=self.hparams.num_workers,
-            )
+            options = (paths, channels, size, self.hparams.max_image_pixels)
+            if self._in_memory:
+                decoded[split] = decode_files(*options, True, split == "train", self.hparams.num_workers)
+            else:  # only which files are usable and the statistics: kept for the next run (scan_cache)
+                decoded[split] = decode_or_reuse(*options, split == "train", self.hparams.num_workers)
             bad += decoded[split].bad
         self._report(bad)
         for split, (images, good, histogram, _) in decoded.items():
