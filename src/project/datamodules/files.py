@@ -4,20 +4,54 @@ and those refused (hidden, not images, symlinks out of the root), and the seeded
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
+from collections import Counter
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
+from PIL import Image, ImageFile
 
-from project.datamodules.images import is_image_name
 from project.engine.api import DataError
 
+#: Formats never read though Pillow has a plugin for them: EPS runs Ghostscript, and Pillow reads only the header of
+#: an MPEG video. (Pillow's stub plugins, e.g. HDF5 and WMF, cannot decode and are left out as well.)
+_REFUSED_FORMATS = frozenset(("EPS", "MPEG"))
 SPLITS = ("train", "val", "test")
 _VAL_FOLDERS = ("val", "valid", "validation")
 _SPLIT_FOLDERS = frozenset(("train", "test", *_VAL_FOLDERS))
 
 #: ``(path, label)`` of one image file.
 Item = tuple[str, int]
+
+
+@functools.cache
+def image_extensions() -> dict[str, str]:
+    """File name ending (lower case, e.g. ``.tif``) → format, for every format Pillow decodes here (JPEG, PNG, TIFF,
+    BMP, GIF, WebP, AVIF, JPEG 2000, PSD, ...). Files with other endings are not read as images."""
+    Image.init()  # registers every plugin
+    formats = {
+        name for name, (opener, _) in Image.OPEN.items() if name not in _REFUSED_FORMATS and not _is_stub(opener)
+    }
+    formats.add("MPO")  # multi-picture JPEG from cameras, opened by the JPEG plugin
+    return {ext: name for ext, name in sorted(Image.registered_extensions().items()) if name in formats}
+
+
+def is_image_name(name: str) -> bool:
+    """Whether a file of this name is read as an image (by its extension, in any case)."""
+    return os.path.splitext(name)[1].lower() in image_extensions()
+
+
+def extension_counts(paths: Sequence[str | os.PathLike[str]]) -> str:
+    """``.txt: 2, .csv: 1``: how many of ``paths`` have each extension, the most frequent first."""
+    counts = Counter(os.path.splitext(path)[1].lower() or "no extension" for path in paths)
+    return ", ".join(f"{ext}: {count}" for ext, count in sorted(counts.items(), key=lambda item: (-item[1], item[0])))
+
+
+def _is_stub(opener: object) -> bool:
+    return inspect.isclass(opener) and issubclass(opener, ImageFile.StubImageFile)
 
 
 class Scan(NamedTuple):

@@ -14,8 +14,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from project.datamodules.base import ImageDataModule
-from project.datamodules.files import SPLITS, Item, Scan, carve, scan_folder
-from project.datamodules.images import DEFAULT_MAX_IMAGE_PIXELS, FolderImageDataset, decode_files, extension_counts
+from project.datamodules.files import SPLITS, Item, Scan, carve, extension_counts, scan_folder
+from project.datamodules.images import DEFAULT_MAX_IMAGE_PIXELS, FolderImageDataset, decode_files
 from project.datamodules.scan_cache import decode_or_reuse
 from project.datamodules.transforms import Normalize
 from project.engine.api import DataError, EpochSeededSampler, InMemoryLoader, ResumableDataLoader, loader_seed
@@ -35,7 +35,7 @@ class FolderDataModule(ImageDataModule):
     folders. Splits without a folder are carved out of the training images per class (stratified), seeded by
     ``split_seed``, so every run sees the same split. Files and folders whose names start with a dot (and
     ``__MACOSX``) are ignored; so are files whose extension is not of a format Pillow reads (JPEG, PNG, TIFF, BMP,
-    GIF, WebP, ...: :func:`~project.datamodules.images.image_extensions`), which one warning counts at setup.
+    GIF, WebP, ...: :func:`~project.datamodules.files.image_extensions`), which one warning counts at setup.
 
     At setup every image is decoded, converted to ``image_channels`` and resized (squashed) to
     ``image_size`` × ``image_size``. Conversions are deliberate: transparent pixels are composited on white,

@@ -5,59 +5,28 @@ in ``DataLoader`` workers (:func:`decode_files` and :class:`FolderImageDataset`,
 from __future__ import annotations
 
 import functools
-import inspect
 import io
 import math
 import os
 import warnings
-from collections import Counter
 from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
 import torch
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms.v2 import functional as TF
 
+from project.datamodules.files import image_extensions
 from project.engine.api import DataError, first_line
 
-#: Formats never read though Pillow has a plugin for them: EPS runs Ghostscript, and Pillow reads only the header of
-#: an MPEG video. (Pillow's stub plugins, e.g. HDF5 and WMF, cannot decode and are left out as well.)
-_REFUSED_FORMATS = frozenset(("EPS", "MPEG"))
 #: PIL's default limit on width × height (``PIL.Image.MAX_IMAGE_PIXELS``): about a 9459 × 9459 image.
 DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
 #: Formats torchvision's native decoders read (the rest, e.g. BMP, TIFF and animated WebP, go through PIL).
 _TORCHVISION_FORMATS = frozenset(("JPEG", "MPO", "PNG", "WEBP", "GIF"))
-
-
-@functools.cache
-def image_extensions() -> dict[str, str]:
-    """File name ending (lower case, e.g. ``.tif``) → format, for every format Pillow decodes here (JPEG, PNG, TIFF,
-    BMP, GIF, WebP, AVIF, JPEG 2000, PSD, ...). Files with other endings are not read as images."""
-    Image.init()  # registers every plugin
-    formats = {
-        name for name, (opener, _) in Image.OPEN.items() if name not in _REFUSED_FORMATS and not _is_stub(opener)
-    }
-    formats.add("MPO")  # multi-picture JPEG from cameras, opened by the JPEG plugin
-    return {ext: name for ext, name in sorted(Image.registered_extensions().items()) if name in formats}
-
-
-def is_image_name(name: str) -> bool:
-    """Whether a file of this name is read as an image (by its extension, in any case)."""
-    return os.path.splitext(name)[1].lower() in image_extensions()
-
-
-def extension_counts(paths: Sequence[str | os.PathLike[str]]) -> str:
-    """``.txt: 2, .csv: 1``: how many of ``paths`` have each extension, the most frequent first."""
-    counts = Counter(os.path.splitext(path)[1].lower() or "no extension" for path in paths)
-    return ", ".join(f"{ext}: {count}" for ext, count in sorted(counts.items(), key=lambda item: (-item[1], item[0])))
-
-
-def _is_stub(opener: object) -> bool:
-    return inspect.isclass(opener) and issubclass(opener, ImageFile.StubImageFile)
 
 
 def load_image(

@@ -20,7 +20,7 @@ from typing import NamedTuple
 import lightning as L
 import torch
 
-from project.datamodules.images import extension_counts, is_image_name
+from project.datamodules.files import extension_counts, is_image_name
 from project.engine.checkpoint import load_model
 from project.engine.entrypoint import CKPT_HELP, ArgumentParser, run_main
 from project.engine.errors import DataError, UserError
