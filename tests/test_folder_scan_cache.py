@@ -98,3 +98,13 @@ def test_a_damaged_entry_is_decoded_again(folder: Path, monkeypatch: pytest.Monk
         second = _setup(folder)
     assert second._samples == first._samples
     assert os.path.getsize(next(scan_cache.cache_dir().glob("*.pt"))) > 4  # written again, whole
+
+
+def test_setup_leaves_the_random_stream_alone_decoded_or_kept(folder: Path) -> None:
+    # A run's randomness (initial weights, dropout, order) must not depend on whether setup decoded the files or
+    # read what an earlier run kept: the decoding pass draws nothing from the global generator.
+    for _ in range(2):  # decoded, then kept
+        torch.manual_seed(0)
+        state = torch.get_rng_state()
+        _setup(folder)
+        assert torch.equal(torch.get_rng_state(), state)

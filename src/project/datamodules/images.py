@@ -115,7 +115,11 @@ def decode_files(
     dataset = _DecodeDataset(list(paths), channels, size, max_pixels, keep, histogram)
     # Worker processes pay off only for more than a few batches of files.
     workers = 0 if len(paths) < 256 else min(num_workers, math.ceil(len(paths) / 64))
-    loader = DataLoader(dataset, batch_size=64, num_workers=workers, collate_fn=_collate_decoded)
+    # A generator of its own: a DataLoader draws its workers' base seed from the global one otherwise, and a run's
+    # random stream must not depend on whether setup decoded (or read what an earlier run kept: scan_cache).
+    loader = DataLoader(
+        dataset, batch_size=64, num_workers=workers, collate_fn=_collate_decoded, generator=torch.Generator()
+    )
     images = torch.empty((len(paths), channels, size, size), dtype=torch.uint8) if keep else None
     counts = torch.zeros((channels, 256), dtype=torch.long) if histogram else None
     good: list[int] = []
