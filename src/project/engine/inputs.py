@@ -18,8 +18,25 @@ from project.datamodules.images import (
     decode_image_bytes,
     load_image,
 )
+from project.engine.errors import UserError
 
-__all__ = ["EmptyImage", "ImageTooLarge", "NotAnImage", "bytes_input", "file_input", "model_input"]
+__all__ = [
+    "EmptyImage",
+    "ImageTooLarge",
+    "NotAnImage",
+    "bytes_input",
+    "file_input",
+    "model_input",
+    "saved_preprocessing",
+]
+
+
+def saved_preprocessing(model: Any, source: str | os.PathLike[str] = "the checkpoint") -> tuple[list[str], dict]:
+    """A model's saved class names and preprocessing; a one-line error when it has none (not from this template)."""
+    hparams = model.hparams
+    if not hparams.get("preprocessing") or not hparams.get("class_names"):
+        raise UserError(f"{source}: no class names or preprocessing in it: was it trained with this template?")
+    return list(hparams.class_names), dict(hparams.preprocessing)
 
 
 def model_input(image: Tensor, preprocessing: dict[str, Any]) -> Tensor:

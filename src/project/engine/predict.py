@@ -25,7 +25,7 @@ from project.engine.checkpoint import load_model
 from project.engine.entrypoint import CKPT_HELP, ArgumentParser, run_main
 from project.engine.errors import DataError, UserError
 from project.engine.filenames import escape_name
-from project.engine.inputs import file_input
+from project.engine.inputs import file_input, saved_preprocessing
 from project.engine.options import uses_gpu
 
 #: Rows shown in the printed table; the CSV has them all.
@@ -89,10 +89,7 @@ def predict_files(
     device: torch.device | str = "cpu",
 ) -> list[Prediction]:
     """Predictions for ``paths``, in order, with the model's saved preprocessing; unreadable files get an error."""
-    hparams = model.hparams
-    if not hparams.get("preprocessing") or not hparams.get("class_names"):
-        raise UserError("the checkpoint has no class names or preprocessing: was it trained with this template?")
-    names = list(hparams.class_names)
+    names, preprocessing = saved_preprocessing(model)
     topk = max(1, min(topk, len(names)))
     model = model.to(device).eval()
     results: list[Prediction] = []
@@ -102,7 +99,7 @@ def predict_files(
             result = Prediction(str(path))
             results.append(result)
             try:
-                batch.append(file_input(path, hparams.preprocessing))
+                batch.append(file_input(path, preprocessing))
                 ready.append(result)
             except DataError as error:
                 result.error = str(error).removeprefix(f"{path}: ")

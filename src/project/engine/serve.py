@@ -22,7 +22,7 @@ from torch import Tensor
 from project.engine.checkpoint import load_exported, load_model
 from project.engine.entrypoint import CKPT_HELP, ArgumentParser, run_main
 from project.engine.errors import UserError
-from project.engine.inputs import EmptyImage, ImageTooLarge, NotAnImage, bytes_input
+from project.engine.inputs import EmptyImage, ImageTooLarge, NotAnImage, bytes_input, saved_preprocessing
 from project.engine.options import check_gpu
 from project.engine.serve_http import PageAndRawImages
 
@@ -47,12 +47,7 @@ def load_served(path: str | Path, device: torch.device | str = "cpu") -> Served:
         program, meta = load_exported(path)
         return Served(program.module().to(device), list(meta["class_names"]), meta["preprocessing"])
     model = load_model(path, map_location=device)
-    hparams = model.hparams
-    if not hparams.get("preprocessing") or not hparams.get("class_names"):
-        raise UserError(
-            f"{path}: the checkpoint has no class names or preprocessing: was it trained with this template?"
-        )
-    return Served(model.eval(), list(hparams.class_names), dict(hparams.preprocessing))
+    return Served(model.eval(), *saved_preprocessing(model, path))
 
 
 class ClassifierAPI(LitAPI):
