@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from benchmarks import benchmark
+import pytest
+
+from benchmarks import benchmark, data_loading
 
 
 def test_time_to_accuracy_runs_the_loop_and_the_template_and_reports_them(tmp_path: Path, data_root: Path) -> None:
@@ -20,3 +22,23 @@ def test_time_to_accuracy_runs_the_loop_and_the_template_and_reports_them(tmp_pa
     assert mlp["target"] == loop["test_acc"] and mlp["epochs"] == 1 and 0 <= mlp["test_acc"] <= 1
     assert (mlp["reached_s"] is not None) == (mlp["test_acc"] >= loop["test_acc"])
     assert report["summary"]["mlp"]["wall_ratio_to_loop"] == mlp["wall_s"] / loop["wall_s"]
+
+
+@pytest.mark.slow
+def test_data_loading_benchmark_measures_every_path_against_the_baseline(tmp_path: Path) -> None:
+    out = tmp_path / "data.json"
+    argv = ["--files", "60", "--images", "16", "--repeats", "1", "--batch_size", "8", "--workdir", str(tmp_path)]
+    assert data_loading.main([*argv, "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["folder_setup_first_s"] > 0 and report["folder_setup_second_s"] > 0 and report["prepare_s"] > 0
+    paths = {(row["preset"], row["path"]): row for row in report["throughput"]}
+    assert {path for _, path in paths} == {
+        "ImageFolder + DataLoader (baseline)",
+        "folder module",
+        "streaming, local shards",
+        "streaming, S3 (cold cache)",
+    }
+    assert {preset for preset, _ in paths} == {"squash", "imagenet"}
+    for (preset, _), row in paths.items():
+        baseline = paths[(preset, "ImageFolder + DataLoader (baseline)")]["images_s"]
+        assert row["images_s"] > 0 and row["ratio"] == pytest.approx(row["images_s"] / baseline, rel=0.02)

@@ -241,3 +241,19 @@ def test_argparse_still_keeps_its_options_where_compat_reads_them() -> None:
     parser.add_argument("--run_dir", type=str, default="")
     assert {"--model.width", "--run_dir", "--help"} <= set(compat.option_strings(parser))
     assert {"model.width", "run_dir"} <= set(compat.argument_names(parser))
+
+
+def test_litdata_builds_its_obstore_client_from_the_module_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    # allow_plain_http_endpoint adds allow_http to litdata 0.2.76's _OBSTORE_CLIENT_OPTIONS, which every obstore
+    # store it builds is given; without it, obstore refuses an http:// endpoint ("builder error").
+    import inspect
+
+    from litdata.streaming import downloader
+
+    assert isinstance(downloader._OBSTORE_CLIENT_OPTIONS, dict)
+    assert "client_options=_OBSTORE_CLIENT_OPTIONS" in inspect.getsource(downloader._build_obstore_s3_store)
+    monkeypatch.setitem(downloader._OBSTORE_CLIENT_OPTIONS, "allow_http", False)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "https://storage.example")
+    assert not compat.allow_plain_http_endpoint() and downloader._OBSTORE_CLIENT_OPTIONS["allow_http"] is False
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9000")
+    assert compat.allow_plain_http_endpoint() and downloader._OBSTORE_CLIENT_OPTIONS["allow_http"] is True

@@ -37,10 +37,10 @@ class SignalAtStep(Callback):
             os.kill(os.getpid(), self.signum)
 
 
-def _run(cwd: Path, monkeypatch: pytest.MonkeyPatch, *args: str) -> int:
-    """A tiny run; a resumed one gets no TINY options: it continues with those in its own config.yaml."""
+def _run(cwd: Path, monkeypatch: pytest.MonkeyPatch, *args: str, tiny: list[str] = TINY) -> int:
+    """A ``tiny`` run; a resumed one gets no such options: it continues with those in its own config.yaml."""
     monkeypatch.chdir(cwd)
-    return main(list(args) if "--resume" in args else [*TINY, *args])
+    return main(list(args) if "--resume" in args else [*tiny, *args])
 
 
 def _val_rows(run: Path) -> list[tuple[str, ...]]:
@@ -53,13 +53,13 @@ def _val_rows(run: Path) -> list[tuple[str, ...]]:
 
 
 def _straight_and_interrupted(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], step: int
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], step: int, tiny: list[str] = TINY
 ) -> dict[str, Any]:
     """Run ``args`` into ``straight/``, and into ``resumed/`` until a SIGTERM after ``step`` (exit 143); return the
     checkpoint that run wrote when it stopped."""
     stop_at = json.dumps([{"class_path": "test_resume.SignalAtStep", "init_args": {"step": step}}])
-    assert _run(tmp_path, monkeypatch, *args, "--run_dir", "straight") == 0
-    assert _run(tmp_path, monkeypatch, *args, "--run_dir", "resumed", "--trainer.callbacks", stop_at) == 143
+    assert _run(tmp_path, monkeypatch, *args, "--run_dir", "straight", tiny=tiny) == 0
+    assert _run(tmp_path, monkeypatch, *args, "--run_dir", "resumed", "--trainer.callbacks", stop_at, tiny=tiny) == 143
     return torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=True)
 
 

@@ -1,5 +1,6 @@
 """Your own images: :class:`FolderDataModule`, one folder per class, decoded and resized once, then served like
-MNIST (finding the files is in :mod:`~project.datamodules.files`, decoding them in :mod:`~project.datamodules.images`).
+MNIST (finding the files is in :mod:`~project.datamodules.files`, decoding them in :mod:`~project.datamodules.images`),
+or decoded in ``DataLoader`` workers every epoch (:mod:`~project.datamodules.folder_loading`).
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ from torch.utils.data import DataLoader
 
 from project.datamodules.base import ImageDataModule
 from project.datamodules.files import SPLITS, Item, Scan, carve, extension_counts, scan_folder
-from project.datamodules.images import DEFAULT_MAX_IMAGE_PIXELS, FolderImageDataset, decode_files
+from project.datamodules.folder_loading import PresetImages, SkippedFiles, folder_loader
+from project.datamodules.images import DEFAULT_MAX_IMAGE_PIXELS, decode_files
+from project.datamodules.presets import PresetName, build_preset
 from project.datamodules.scan_cache import decode_or_reuse
 from project.datamodules.transforms import Normalize
-from project.engine.api import DataError, EpochSeededSampler, InMemoryLoader, ResumableDataLoader, loader_seed
+from project.engine.api import DataError, InMemoryLoader, loader_seed
 
 #: Bad files listed in full in the warning or error; the rest are counted.
 _LISTED = 20
@@ -47,7 +50,8 @@ class FolderDataModule(ImageDataModule):
 
     Batches are ``uint8`` images of ``(image_channels, image_size, image_size)``, served from memory by
     :class:`~project.engine.loaders.InMemoryLoader` or decoded again in ``DataLoader`` workers (see
-    ``cache``); normalization and augmentation run on the device, a batch at a time.
+    ``cache`` and ``preset``); normalization and augmentation run on the device, a batch at a time. A file that
+    a worker cannot decode any more is left out of its batch and listed (:class:`.folder_loading.SkippedFiles`).
 
     ``normalize="auto"`` or ``"dataset"`` uses the mean and standard deviation of the training images, per
     channel, computed exactly at setup.
@@ -66,7 +70,10 @@ class FolderDataModule(ImageDataModule):
         cache: ``auto`` keeps the decoded images in memory (on the training device) when they take less than
             2 GiB, ``always`` does regardless, ``never`` decodes them again in workers every epoch (what setup
             learned of them is kept for the next run while they are unchanged: :mod:`.scan_cache`).
-        strict: Raise an error listing the unusable files instead of skipping them with a warning.
+        preset: ``squash`` resizes images to the square; ``imagenet``: torchvision's ImageNet recipe on the original
+            files, decoded in workers every epoch (:mod:`.presets`): a random resized crop and flip drawn from
+            ``(seed, epoch, index)`` to train; the shorter side to ``image_size`` × 256 / 224, centre crop to evaluate.
+        strict: Raise an error naming the unusable files instead of skipping them with a warning.
         max_image_pixels: Refuse images with more pixels (width × height) than this.
         **kwargs: Options of :class:`~project.datamodules.base.ImageDataModule` (``batch_size``,
             ``normalize``, ``split_seed``, ``hflip``, ...).
@@ -84,6 +91,7 @@ class FolderDataModule(ImageDataModule):
         test_size: float = 0.1,
         num_workers: int = 2,
         cache: CacheMode = "auto",
+        preset: PresetName = "squash",
         strict: bool = False,
         max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
         **kwargs: Any,
@@ -105,6 +113,9 @@ class FolderDataModule(ImageDataModule):
             raise ValueError(f"num_workers must not be negative, got {num_workers}")
         if cache not in ("auto", "always", "never"):
             raise ValueError(f"cache must be 'auto', 'always' or 'never', got {cache!r}")
+        build_preset(preset, True, image_size)  # refuses an unknown name
+        if preset == "imagenet" and cache == "always":
+            raise ValueError("cache 'always' holds squashed images; preset 'imagenet' crops the original files")
         if max_image_pixels < 1:
             raise ValueError(f"max_image_pixels must be positive, got {max_image_pixels}")
         super().__init__(root=root, image_size=image_size, val_size=val_size, **kwargs)
@@ -116,6 +127,7 @@ class FolderDataModule(ImageDataModule):
         self._samples: dict[str, tuple[list[str], list[int]]] = {}  # the DataLoader path's valid files
         self._reported: set[str] = set()
         self._noted_skipped = False
+        self._skipped = SkippedFiles(strict)  # files that turn bad after setup, met in the workers
 
     # ------------------------------------------------------------------ what the model needs to know
     @property
@@ -185,7 +197,8 @@ class FolderDataModule(ImageDataModule):
         if self._in_memory is None:
             total = sum(len(split_items) for split_items in items.values()) * channels * size * size
             cache = self.hparams.cache
-            self._in_memory = cache == "always" or (cache == "auto" and total < self.cache_max_bytes)
+            in_memory = cache == "always" or (cache == "auto" and total < self.cache_max_bytes)
+            self._in_memory = in_memory and self.hparams.preset == "squash"
         self._note_skipped()
         bad = [entry for entry in self._scan().refused if entry[0] not in self._reported]
         decoded = {}
@@ -251,22 +264,10 @@ class FolderDataModule(ImageDataModule):
             return super()._loader(split, shuffle)
         paths, labels = self._samples[split]
         channels, size, _ = self.native_shape
-        dataset = FolderImageDataset(paths, labels, channels, size, self.hparams.max_image_pixels)
-        trainer = self.trainer
-        workers = self.hparams.num_workers
-        seed = loader_seed()
-        loader_class = ResumableDataLoader if shuffle else DataLoader
-        return loader_class(
-            dataset,
-            batch_size=self.batch_size if split == "train" else self.eval_batch_size,
-            sampler=EpochSeededSampler(dataset, seed) if shuffle else None,
-            num_workers=workers,
-            persistent_workers=workers > 0,
-            pin_memory=trainer is not None and trainer.strategy.root_device.type == "cuda",
-            # The workers' base seed is drawn from this generator, not from the global one: starting an epoch then
-            # leaves the global random state (dropout masks, augmentation) as it was, so a resumed run matches.
-            generator=torch.Generator().manual_seed(seed),
-        )
+        preset = build_preset(self.hparams.preset, split == "train", size)
+        dataset = PresetImages(paths, labels, channels, preset, self.hparams.max_image_pixels, loader_seed())
+        batch_size = self.batch_size if split == "train" else self.eval_batch_size
+        return folder_loader(dataset, self._skipped, shuffle, batch_size, self.hparams.num_workers, self.trainer)
 
     def train_dataloader(self) -> InMemoryLoader | DataLoader:
         return self._loader("train", shuffle=True)
@@ -276,6 +277,17 @@ class FolderDataModule(ImageDataModule):
 
     def test_dataloader(self) -> InMemoryLoader | DataLoader:
         return self._loader("test", shuffle=False)
+
+    def usable_files(self, split: str) -> tuple[list[str], list[int]]:
+        """``(paths, labels)`` of a split's usable files after setup with ``cache="never"`` (``prepare_data.py``
+        stores them as they are)."""
+        return self._samples[split]
+
+    def teardown(self, stage: str) -> None:
+        self._skipped.warn()  # once for the files the workers skipped in this stage
+
+    def on_exception(self, exception: BaseException) -> None:
+        self._skipped.warn()  # an interrupted run's too
 
 
 def _stats(histogram: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -26,13 +26,18 @@ from project.engine.api import UserError, load_checkpoint_file
 FORMAT = 1
 
 
-def cache_dir() -> Path:
-    """``$PROJECT_CACHE_DIR``, else ``$XDG_CACHE_HOME/project``, else ``~/.cache/project``; the ``folder-scans``
-    folder in it."""
+def cache_root() -> Path:
+    """What the template keeps between runs (folder scans, streamed shards): ``$PROJECT_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/project``, else ``~/.cache/project``."""
     root = os.environ.get("PROJECT_CACHE_DIR") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "project"
     )
-    return Path(root) / "folder-scans"
+    return Path(root)
+
+
+def cache_dir() -> Path:
+    """The folder scans' part of :func:`cache_root`."""
+    return cache_root() / "folder-scans"
 
 
 def scan_key(paths: Sequence[str], channels: int, size: int, max_pixels: int, histogram: bool) -> str:

@@ -12,7 +12,7 @@ from typing import NamedTuple, TypedDict
 from torch import Tensor
 
 from project.engine.checkpoint import load_checkpoint_file
-from project.engine.compat import optimizer_steps_per_epoch
+from project.engine.compat import allow_plain_http_endpoint, optimizer_steps_per_epoch
 from project.engine.errors import DataError, UserError, first_line
 from project.engine.loaders import EpochSeededSampler, InMemoryLoader, ResumableDataLoader, loader_seed
 from project.engine.options import IMAGENET_STATS, INCEPTION_STATS
@@ -27,6 +27,7 @@ __all__ = [
     "Preprocessing",
     "ResumableDataLoader",
     "UserError",
+    "allow_plain_http_endpoint",
     "first_line",
     "load_checkpoint_file",
     "loader_seed",

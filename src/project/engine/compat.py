@@ -212,3 +212,19 @@ def option_strings(parser: Any) -> list[str]:
 def argument_names(parser: Any) -> list[str]:
     """The destinations of a parser's arguments: argparse keeps its actions only in the private ``_actions``."""
     return [action.dest for action in parser._actions]
+
+
+def allow_plain_http_endpoint() -> bool:
+    """Let LitData fetch shards from an S3-compatible store at a plain ``http://`` endpoint (``AWS_ENDPOINT_URL``,
+    e.g. MinIO on a private network, or a test server on 127.0.0.1); returns whether it was needed.
+
+    litdata 0.2.76 fetches chunks with obstore, which refuses plain HTTP unless its client options say
+    ``allow_http``, and passes its module-level ``_OBSTORE_CLIENT_OPTIONS`` with no way to add it. Only an
+    ``http://`` endpoint the user configured turns it on; https endpoints are left as they are.
+    """
+    if not os.environ.get("AWS_ENDPOINT_URL", "").startswith("http://"):
+        return False
+    from litdata.streaming import downloader
+
+    downloader._OBSTORE_CLIENT_OPTIONS["allow_http"] = True
+    return True

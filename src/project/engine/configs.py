@@ -4,7 +4,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -134,3 +136,38 @@ def _choice_before_options(args: list[str], group: str) -> list[str]:
     choice = args[choices[-1] : choices[-1] + 2]
     rest = args[: choices[-1]] + args[choices[-1] + 2 :]
     return rest[: options[0]] + choice + rest[options[0] :]
+
+
+def named_data_config(data: str) -> tuple[str, dict[str, Any]]:
+    """``(class_path, init_args)`` of ``--data NAME`` (a short name, a YAML file or a class path), as in training."""
+    names = short_names("data")  # the training CLI's lookup: ./configs first, then the template's
+    path = names.get(data) or (Path(data) if data.endswith((".yaml", ".yml")) else None)
+    if path is None:
+        if "." not in data:
+            raise UserError(f"unknown --data {data!r}: choose one of {', '.join(sorted(names))}, or a class path")
+        return data, {}
+    try:
+        config = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as error:
+        raise UserError(f"--data {data}: cannot read {path} ({error})") from None
+    if not isinstance(config, dict) or "class_path" not in config:
+        raise UserError(f"--data {data}: {path} has no class_path")
+    return config["class_path"], dict(config.get("init_args") or {})
+
+
+def parse_overrides(tokens: Sequence[str]) -> dict[str, Any]:
+    """``--data.KEY VALUE`` / ``--data.KEY=VALUE`` pairs as ``{KEY: value}``, values read as YAML (``64`` → 64)."""
+    overrides: dict[str, Any] = {}
+    index = 0
+    while index < len(tokens):
+        flag, eq, value = tokens[index].partition("=")
+        if not flag.startswith("--data.") or len(flag) == len("--data."):
+            raise UserError(f"unrecognized argument {tokens[index]!r} (see --help)")
+        if not eq:
+            if index + 1 >= len(tokens):
+                raise UserError(f"{flag} needs a value")
+            value = tokens[index + 1]
+            index += 1
+        overrides[flag.removeprefix("--data.")] = yaml.safe_load(value) if value else value
+        index += 1
+    return overrides

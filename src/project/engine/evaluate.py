@@ -22,14 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import yaml
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 
 from project.datamodules.base import ImageDataModule
 from project.engine import distributed_eval, fastpath
 from project.engine.callbacks.dashboard import ClassificationDashboard
 from project.engine.checkpoint import load_checkpoint_file, model_from_checkpoint
-from project.engine.configs import short_names
+from project.engine.configs import named_data_config, parse_overrides
 from project.engine.entrypoint import CKPT_HELP, ArgumentParser, checkpoint_run_dir, run_main
 from project.engine.errors import UserError, first_line
 from project.engine.filenames import escape_name, escape_names
@@ -55,24 +54,8 @@ def data_config(
             raise UserError("the checkpoint holds no data module configuration: pass --data NAME or CLASS_PATH")
         init_args = constructor_args(saved)
     else:
-        class_path, init_args = _named_data_config(data)
+        class_path, init_args = named_data_config(data)
     return class_path, {**init_args, **(overrides or {})}
-
-
-def _named_data_config(data: str) -> tuple[str, dict[str, Any]]:
-    names = short_names("data")  # the training CLI's lookup: ./configs first, then the template's
-    path = names.get(data) or (Path(data) if data.endswith((".yaml", ".yml")) else None)
-    if path is None:
-        if "." not in data:
-            raise UserError(f"unknown --data {data!r}: choose one of {', '.join(sorted(names))}, or a class path")
-        return data, {}
-    try:
-        config = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as error:
-        raise UserError(f"--data {data}: cannot read {path} ({error})") from None
-    if not isinstance(config, dict) or "class_path" not in config:
-        raise UserError(f"--data {data}: {path} has no class_path")
-    return config["class_path"], dict(config.get("init_args") or {})
 
 
 def make_datamodule(
@@ -92,24 +75,6 @@ def make_datamodule(
         return data_class(**init_args), init_args
     except (TypeError, ValueError) as error:
         raise UserError(f"--data {class_path}: {first_line(error)}") from None
-
-
-def parse_overrides(tokens: Sequence[str]) -> dict[str, Any]:
-    """``--data.KEY VALUE`` / ``--data.KEY=VALUE`` pairs as ``{KEY: value}``, values read as YAML (``64`` → 64)."""
-    overrides: dict[str, Any] = {}
-    index = 0
-    while index < len(tokens):
-        flag, eq, value = tokens[index].partition("=")
-        if not flag.startswith("--data.") or len(flag) == len("--data."):
-            raise UserError(f"unrecognized argument {tokens[index]!r} (see --help)")
-        if not eq:
-            if index + 1 >= len(tokens):
-                raise UserError(f"{flag} needs a value")
-            value = tokens[index + 1]
-            index += 1
-        overrides[flag.removeprefix("--data.")] = yaml.safe_load(value) if value else value
-        index += 1
-    return overrides
 
 
 def _check_compatible(model: L.LightningModule, datamodule: L.LightningDataModule) -> None:

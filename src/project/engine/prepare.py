@@ -1,0 +1,182 @@
+"""``scripts/prepare_data.py``: write a data set's shards once, for ``--data streaming`` (layout: :mod:`.shards`).
+
+    python scripts/prepare_data.py --data folder --data.root data/images --output data/shards
+    python scripts/prepare_data.py --data cifar10 --output s3://bucket/cifar10
+
+The splits are the data module's own (the same ``--data`` options as ``train.py``: a folder's seeded
+validation and test split, MNIST's 5,000 held-out images, ...). Image files are stored as they are (their
+compressed bytes), in-memory data sets as PNG. LitData writes the shards with every core, with a progress bar.
+``dataset.json`` is written last: an interrupted preparation leaves a directory that does not train, and that
+the next run of this command starts over.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torchvision.io import encode_png
+
+from project.datamodules import shards
+from project.datamodules.base import ImageDataModule
+from project.datamodules.folder import FolderDataModule
+from project.engine.configs import named_data_config, parse_overrides
+from project.engine.entrypoint import ArgumentParser, run_main
+from project.engine.errors import UserError, first_line
+from project.engine.options import import_class
+
+#: Left in the output while it is written: a directory with it (and no ``dataset.json``) may be started over.
+PREPARING = ".preparing"
+
+
+class FileBytes:
+    """A sample of an image folder: the file's bytes as they are, and its label."""
+
+    def __call__(self, item: tuple[str, int]) -> dict[str, Any]:
+        path, label = item
+        with open(path, "rb") as file:
+            return {"image": file.read(), "label": label}
+
+
+class PngBytes:
+    """A sample of an in-memory data set (MNIST, CIFAR-10): the ``uint8`` image as a PNG file (lossless)."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        self.images, self.labels = images, labels
+
+    def __call__(self, index: int) -> dict[str, Any]:
+        return {"image": encode_png(self.images[index]).numpy().tobytes(), "label": int(self.labels[index])}
+
+
+def samples(datamodule: ImageDataModule, split: str) -> tuple[Any, list[Any]]:
+    """``(how to write a sample, the samples)`` of one split of a set-up data module."""
+    if split in datamodule.splits:
+        images, labels = datamodule.splits[split]
+        return PngBytes(images.cpu(), labels.cpu()), list(range(len(labels)))
+    if isinstance(datamodule, FolderDataModule):
+        paths, labels = datamodule.usable_files(split)
+        return FileBytes(), list(zip(paths, labels, strict=True))
+    raise UserError(f"{type(datamodule).__name__} keeps no images in memory and is not an image folder")
+
+
+def metadata(datamodule: ImageDataModule, counts: dict[str, int], source: str) -> dict[str, Any]:
+    channels, height, width = datamodule.native_shape
+    mean, std = datamodule.dataset_stats
+    in_memory = all(split in datamodule.splits for split in shards.SPLITS)
+    return {
+        "format": shards.FORMAT,
+        "version": shards.VERSION,
+        "source": source,
+        "class_names": list(datamodule.class_names),
+        "channels": channels,
+        # One size for every image (in-memory sets); folders keep each image's own (the preset shapes them).
+        "image_size": height if in_memory and height == width else None,
+        "stats": {"mean": list(mean), "std": list(std)},
+        "splits": counts,
+    }
+
+
+def start_output(output: Path, overwrite: bool) -> None:
+    """Make ``output`` ready to be written: refuse to replace a finished data set (unless ``overwrite``) or
+    anything this command did not write; start an interrupted preparation over."""
+    if output.exists() and any(output.iterdir()):
+        finished = (output / shards.METADATA).exists()
+        if finished and not overwrite:
+            raise UserError(f"{output} already holds a prepared data set: pass --overwrite to write it again")
+        if not finished and not (output / PREPARING).exists():
+            raise UserError(f"{output} is not empty and was not written by prepare_data.py: choose another --output")
+        if not finished:
+            print(f"{output}: an earlier preparation did not finish; starting it over")
+        (output / shards.METADATA).unlink(missing_ok=True)  # first: from here on the directory does not train
+        for split in shards.SPLITS:
+            shutil.rmtree(output / split, ignore_errors=True)
+    output.mkdir(parents=True, exist_ok=True)
+    (output / PREPARING).write_text("prepare_data.py is writing this data set\n")
+
+
+def write(datamodule: ImageDataModule, output: Path, source: str, num_workers: int, chunk_bytes: str) -> dict:
+    from litdata import optimize  # LitData writes the shards: one process per core, a progress bar
+
+    counts = {}
+    for split in shards.SPLITS:
+        sample, inputs = samples(datamodule, split)
+        counts[split] = len(inputs)
+        if inputs:
+            workers = max(1, min(num_workers, len(inputs)))
+            # keep_data_ordered: each worker gets a fixed share, so the same data always gives the same shards;
+            # fork: the workers start at once instead of importing torch again (spawn), and nothing here uses CUDA.
+            optimize(
+                fn=sample,
+                inputs=inputs,
+                output_dir=str(output / split),
+                chunk_bytes=chunk_bytes,
+                num_workers=workers,
+                mode="overwrite",
+                keep_data_ordered=True,
+                start_method="fork",
+            )
+    info = metadata(datamodule, counts, source)
+    partial = output / (shards.METADATA + ".partial")
+    partial.write_text(json.dumps(info, indent=1))
+    os.replace(partial, output / shards.METADATA)  # last, and whole: now the data set trains
+    (output / PREPARING).unlink()
+    return info
+
+
+def upload(local: Path, url: str, overwrite: bool) -> None:
+    """Copy a prepared data set to ``s3://bucket/prefix``, ``dataset.json`` last."""
+    if not overwrite and shards.exists(shards.join(url, shards.METADATA)):
+        raise UserError(f"{url} already holds a prepared data set: pass --overwrite to write it again")
+    bucket, _, prefix = url.removeprefix("s3://").partition("/")
+    files = sorted(path for path in local.rglob("*") if path.is_file() and path.name != shards.METADATA)
+
+    def send(client: Any) -> None:
+        for path in [*files, local / shards.METADATA]:
+            key = "/".join(filter(None, [prefix.rstrip("/"), path.relative_to(local).as_posix()]))
+            client.upload_file(str(path), bucket, key)
+
+    shards.s3_call(url, send)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_main(_main, argv)
+
+
+def _main(argv: list[str]) -> int:
+    parser = ArgumentParser(description=__doc__.splitlines()[0], prog="prepare_data.py")
+    parser.add_argument("--data", required=True, help="A data set: mnist, cifar10, folder, a YAML or a class path.")
+    parser.add_argument("--output", required=True, help="A directory, or s3://bucket/prefix.")
+    parser.add_argument("--overwrite", action="store_true", help="Replace a data set already prepared there.")
+    parser.add_argument("--num_workers", type=int, default=os.cpu_count() or 1, help="Processes writing shards.")
+    parser.add_argument("--chunk_bytes", default="64MB", help="Size of each shard, e.g. 64MB.")
+    args, rest = parser.parse_known_args(argv)
+    class_path, init_args = named_data_config(args.data)
+    init_args = {**init_args, **parse_overrides(rest)}
+    data_class = import_class(class_path, ImageDataModule, "data module")
+    if issubclass(data_class, FolderDataModule):
+        init_args["cache"] = "never"  # which files are usable, not their pixels: the shards keep the files
+    try:
+        datamodule = data_class(**init_args)
+    except (TypeError, ValueError) as error:
+        raise UserError(f"--data {args.data}: {first_line(error)}") from None
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    source = f"--data {args.data}" + "".join(f" {token}" for token in rest)
+    if shards.is_remote(args.output):
+        with tempfile.TemporaryDirectory(prefix="prepare_data-") as staging:
+            start_output(Path(staging), overwrite=False)
+            info = write(datamodule, Path(staging), source, args.num_workers, args.chunk_bytes)
+            upload(Path(staging), args.output, args.overwrite)
+    else:
+        output = Path(args.output)
+        start_output(output, args.overwrite)
+        info = write(datamodule, output, source, args.num_workers, args.chunk_bytes)
+    counts = ", ".join(f"{count} {split}" for split, count in info["splits"].items())
+    print(f"wrote {args.output}: {counts} images of {len(info['class_names'])} classes")
+    return 0
