@@ -133,3 +133,25 @@ def test_unknown_preset_is_refused() -> None:
     with pytest.raises(ValueError, match="preset must be"):
         build_preset("random", True, 32)  # type: ignore[arg-type]
     assert math.isclose(build_preset("imagenet", False, 224).resize, 256)  # type: ignore[union-attr]
+
+
+def test_prediction_repeats_the_imagenet_evaluation_saved_with_the_model(tmp_path) -> None:
+    # A checkpoint of a model trained with the imagenet preset carries what evaluation did, so that predict.py,
+    # export and the server crop the centre as evaluation did instead of squashing the whole image.
+    from fakedata import write_image_folder
+
+    from project.datamodules.folder import FolderDataModule
+    from project.engine.inputs import model_input
+
+    root = write_image_folder(tmp_path / "images", per_class=10, size=(50, 30))
+    data = FolderDataModule(root=str(root), image_size=24, preset="imagenet", num_workers=0, normalize="imagenet")
+    preprocessing = data.preprocessing()
+    assert preprocessing["resize_shorter_to"] == round(24 * 256 / 224)
+    image = torch.randint(0, 256, (3, 30, 50), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    expected = v2.Normalize(preprocessing["mean"], preprocessing["std"])(
+        v2.CenterCrop(24)(v2.Resize(27, antialias=True)(image)).float() / 255
+    )
+    torch.testing.assert_close(model_input(image, preprocessing), expected, rtol=0, atol=1e-6)
+    squash = FolderDataModule(root=str(root), image_size=24, num_workers=0).preprocessing()
+    assert "resize_shorter_to" not in squash
+    assert model_input(image, squash).shape == (3, 24, 24)

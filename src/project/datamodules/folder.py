@@ -18,7 +18,7 @@ from project.datamodules.base import ImageDataModule
 from project.datamodules.files import SPLITS, Item, Scan, carve, extension_counts, scan_folder
 from project.datamodules.folder_loading import PresetImages, SkippedFiles, folder_loader
 from project.datamodules.images import DEFAULT_MAX_IMAGE_PIXELS, decode_files
-from project.datamodules.presets import PresetName, build_preset
+from project.datamodules.presets import PresetName, build_preset, preset_preprocessing
 from project.datamodules.scan_cache import decode_or_reuse
 from project.datamodules.transforms import Normalize
 from project.engine.api import DataError, InMemoryLoader, loader_seed
@@ -143,6 +143,9 @@ class FolderDataModule(ImageDataModule):
         if not self._stats_ready and self._uses_dataset_stats():
             self._prepare({"train"})
         return super().normalization()
+
+    def preprocessing(self) -> dict[str, Any]:
+        return {**super().preprocessing(), **preset_preprocessing(self.hparams.preset, self.input_shape[1])}
 
     def _uses_dataset_stats(self) -> bool:
         # "auto" is the data set's own statistics here: the CLI turns it into "imagenet" for pretrained models.

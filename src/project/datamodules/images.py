@@ -236,7 +236,11 @@ def _decode(data: bytearray, channels: int, size: int | None, max_pixels: int) -
     if image.ndim == 4:  # animated GIF: the first frame
         image = image[0]
     image = _to_channels(image, channels)
-    if size is not None and tuple(image.shape[-2:]) != (size, size):
+    if size is None:
+        # As decoded (torchvision's decoders give channels-last strides): a preset crops and resizes it next, fastest
+        # from that layout, and a copy here would cost as much as the resize.
+        return image
+    if tuple(image.shape[-2:]) != (size, size):
         image = TF.resize(image, [size, size], antialias=True)
     return image.contiguous()
 

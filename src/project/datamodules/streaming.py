@@ -18,7 +18,7 @@ from torch import Tensor
 from project.datamodules import shards
 from project.datamodules.base import ImageDataModule
 from project.datamodules.images import DEFAULT_MAX_IMAGE_PIXELS, NotAnImage, decode_image_bytes
-from project.datamodules.presets import PresetName, build_preset, sample_generator
+from project.datamodules.presets import PresetName, build_preset, preset_preprocessing, sample_generator
 from project.datamodules.scan_cache import cache_root
 from project.datamodules.transforms import Normalize
 from project.engine.api import DataError, allow_plain_http_endpoint, loader_seed
@@ -106,6 +106,9 @@ class StreamingDataModule(ImageDataModule):
     def native_shape(self) -> tuple[int, int, int]:  # type: ignore[override]
         size = self.hparams.image_size or self.metadata.get("image_size") or DEFAULT_IMAGE_SIZE
         return (int(self.metadata["channels"]), size, size)
+
+    def preprocessing(self) -> dict[str, Any]:
+        return {**super().preprocessing(), **preset_preprocessing(self.hparams.preset, self.input_shape[1])}
 
     # ------------------------------------------------------------------ loading
     def setup(self, stage: str) -> None:

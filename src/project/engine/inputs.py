@@ -42,7 +42,10 @@ def saved_preprocessing(model: Any, source: str | os.PathLike[str] = "the checkp
 def model_input(image: Tensor, preprocessing: dict[str, Any]) -> Tensor:
     """A decoded ``uint8`` image ``(C, H, W)`` as the model's input: resized, in [0, 1], normalized."""
     height, width = preprocessing["image_size"]
-    if tuple(image.shape[-2:]) != (height, width):
+    if preprocessing.get("resize_shorter_to"):  # the imagenet preset's evaluation: the shorter side, then the centre
+        image = TF.resize(image, [int(preprocessing["resize_shorter_to"])], antialias=True)
+        image = TF.center_crop(image, [height, width])
+    elif tuple(image.shape[-2:]) != (height, width):
         image = TF.resize(image, [height, width], antialias=True)  # as the folder data module resizes
     inputs = image.float() / 255
     if preprocessing.get("mean") is not None and preprocessing.get("std") is not None:
