@@ -4,9 +4,9 @@ Writes ``--files`` photo-sized JPEGs (320×240 and 500×375, photo-like content,
 in one run:
 
 - the folder module's setup, first run (every file decoded) and second (what the first kept: ``scan_cache``);
-- ``scripts/prepare_data.py``'s time to write the shards;
+- ``scripts/prepare_data.py``'s time to write the shards (as the files are, and shrunk to ``--max_size 256``);
 - training images/s of each path, as a training loop draws them (uint8 batches of 224 px; no model):
-  the folder module, streaming from the local shards, streaming from an S3 server on 127.0.0.1 (moto, a cold
+  the folder module, streaming from the local shards (both), streaming from an S3 server on 127.0.0.1 (moto, a cold
   cache: every shard is downloaded), each with the ``squash`` and the ``imagenet`` preset, against torchvision's
   ``ImageFolder`` + ``DataLoader`` with the same workers and the same transforms (PIL decoding, as its docs show).
 
@@ -34,6 +34,7 @@ from torchvision import datasets
 from torchvision.transforms import v2
 
 SIZE = 224
+SMALL = 256  # prepare_data.py --max_size: the shorter side ImageNet training recipes resize to
 
 
 def photo(height: int, width: int, rng: np.random.Generator) -> Image.Image:
@@ -149,6 +150,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     options = ["--data", "folder", "--data.root", str(root), "--data.image_size", str(SIZE)]
     assert prepare.main([*options, "--output", str(shards), "--overwrite"]) == 0
     results["prepare_s"] = round(time.perf_counter() - started, 1)
+    small = work / f"shards-{args.files}-{SMALL}"
+    started = time.perf_counter()
+    assert prepare.main([*options, "--output", str(small), "--overwrite", "--max_size", str(SMALL)]) == 0
+    results["prepare_max_size_s"] = round(time.perf_counter() - started, 1)
     server = start_s3_server(port)
     try:
         started = time.perf_counter()
@@ -166,6 +171,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             local = StreamingDataModule(input_dir=str(shards), image_size=SIZE, **common)
             local.setup("fit")
             paths["streaming, local shards"] = (local.train_dataloader(), None)
+            shrunk = StreamingDataModule(input_dir=str(small), image_size=SIZE, **common)
+            shrunk.setup("fit")
+            paths[f"streaming, local shards, --max_size {SMALL}"] = (shrunk.train_dataloader(), None)
             remote = StreamingDataModule(input_dir="s3://bench/shards", image_size=SIZE, **common)
             remote.setup("fit")
             # A cold cache at every pass: each shard comes from the server.

@@ -36,6 +36,7 @@ def test_data_loading_benchmark_measures_every_path_against_the_baseline(tmp_pat
         "ImageFolder + DataLoader (baseline)",
         "folder module",
         "streaming, local shards",
+        "streaming, local shards, --max_size 256",
         "streaming, S3 (cold cache)",
     }
     assert {preset for preset, _ in paths} == {"squash", "imagenet"}

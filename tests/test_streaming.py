@@ -233,3 +233,60 @@ def test_ddp_ranks_read_each_sample_once_and_resume_bit_identically(
     result = run_train(["--resume", "stopped", "--trainer.callbacks", "[]"], cwd=tmp_path)
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
     assert_same_training(tmp_path / "stopped", tmp_path / "straight")
+
+
+def _stored(data: Path) -> list[tuple[bytes, int]]:
+    from litdata import StreamingDataset
+
+    items = []
+    for split in shards.SPLITS:
+        dataset = StreamingDataset(str(data / split))
+        items += [(bytes(item["image"]), int(item["label"])) for item in (dataset[i] for i in range(len(dataset)))]
+    return items
+
+
+def test_a_folder_is_stored_as_its_files_and_max_size_shrinks_only_larger_images(tmp_path: Path) -> None:
+    from fakedata import write_image_folder
+    from torchvision.transforms.v2 import functional as TF
+
+    from project.datamodules.images import decode_image_bytes
+
+    root = write_image_folder(tmp_path / "images", per_class=10, size=(40, 30), formats=("png", "jpg", "bmp"))
+    files = sorted(path for path in root.rglob("*") if path.is_file())
+    classes = sorted(path.name for path in root.iterdir())
+    expected = sorted((path.read_bytes(), classes.index(path.parent.name)) for path in files)
+    source = ["--data", "folder", "--data.root", str(root), "--num_workers", "2"]
+
+    assert prepare.main([*source, "--output", str(tmp_path / "as-is")]) == 0
+    metadata = json.loads((tmp_path / "as-is" / shards.METADATA).read_text())
+    assert metadata["class_names"] == classes and metadata["image_size"] is None
+    assert sum(metadata["splits"].values()) == len(files) == 30
+    assert sorted(_stored(tmp_path / "as-is")) == expected  # every file, byte for byte, with its class
+
+    assert prepare.main([*source, "--output", str(tmp_path / "larger"), "--max_size", "64"]) == 0
+    assert sorted(_stored(tmp_path / "larger")) == expected  # none is larger: kept as they are
+
+    assert prepare.main([*source, "--output", str(tmp_path / "shrunk"), "--max_size", "20"]) == 0
+    originals = {}
+    for data, label in expected:
+        image = decode_image_bytes(data, 3)
+        originals.setdefault(label, []).append(TF.resize(image, [20], antialias=True).float())
+    for data, label in _stored(tmp_path / "shrunk"):
+        assert data[:3] == b"\xff\xd8\xff"  # re-encoded as JPEG
+        image = decode_image_bytes(data, 3).float()
+        assert image.shape == (3, 20, 26)  # 30 → 20 on the shorter side, 40 → 26.7 on the other (torchvision: 26)
+        # The oracle: the original resized by torchvision. A JPEG of quality 90 of these noise images is within 6
+        # levels of it on average; two different images of the set differ by about 85.
+        assert min((image - original).abs().mean().item() for original in originals[label]) < 10
+
+
+def test_a_prepared_data_sets_splits_cannot_be_changed_at_training(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], mnist_shards: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    args = [*STREAM_TINY, "--data", "streaming", "--data.input_dir", str(mnist_shards), "--data.val_size", "0.2"]
+    assert main(args) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == [lines[0]] and lines[0].startswith("error: --data.val_size: StreamingDataModule has no option")
+    with pytest.raises(ValueError, match="splits are fixed: choose val_size when running prepare_data.py"):
+        StreamingDataModule(input_dir=str(mnist_shards), val_size=0.2)

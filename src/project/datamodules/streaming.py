@@ -80,8 +80,9 @@ class StreamingDataModule(ImageDataModule):
         max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
         **kwargs: Any,
     ) -> None:
-        if preset not in ("squash", "imagenet"):
-            raise ValueError(f"preset must be 'squash' or 'imagenet', got {preset!r}")
+        build_preset(preset, True, 1)  # refuses an unknown name
+        if "val_size" in kwargs:
+            raise ValueError("a prepared data set's splits are fixed: choose val_size when running prepare_data.py")
         if num_workers < 0:
             raise ValueError(f"num_workers must not be negative, got {num_workers}")
         super().__init__(root=input_dir, image_size=image_size, val_size=0, **kwargs)
@@ -98,12 +99,12 @@ class StreamingDataModule(ImageDataModule):
         return list(self.metadata["class_names"])
 
     @property
-    def dataset_stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:  # type: ignore[override]
+    def dataset_stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         stats = self.metadata["stats"]
         return tuple(stats["mean"]), tuple(stats["std"])
 
     @property
-    def native_shape(self) -> tuple[int, int, int]:  # type: ignore[override]
+    def native_shape(self) -> tuple[int, int, int]:
         size = self.hparams.image_size or self.metadata.get("image_size") or DEFAULT_IMAGE_SIZE
         return (int(self.metadata["channels"]), size, size)
 
@@ -122,7 +123,7 @@ class StreamingDataModule(ImageDataModule):
         stats = self.normalization()
         self.normalizer = Normalize(*stats) if stats else None
 
-    def _loader(self, split: str, shuffle: bool) -> StreamingDataLoader:  # type: ignore[override]
+    def _loader(self, split: str, shuffle: bool) -> StreamingDataLoader:
         trainer = self.trainer
         batch_size = self.batch_size if split == "train" else self.eval_batch_size
         ranks, samples = (trainer.world_size if trainer else 1), self.metadata["splits"][split]

@@ -21,11 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torchvision.io import encode_png
+from torchvision.io import encode_jpeg, encode_png
+from torchvision.transforms.v2 import functional as TF
 
 from project.datamodules import shards
 from project.datamodules.base import ImageDataModule
 from project.datamodules.folder import FolderDataModule
+from project.datamodules.images import decode_image_bytes
 from project.engine.configs import named_data_config, parse_overrides
 from project.engine.entrypoint import ArgumentParser, run_main
 from project.engine.errors import UserError, first_line
@@ -36,12 +38,22 @@ PREPARING = ".preparing"
 
 
 class FileBytes:
-    """A sample of an image folder: the file's bytes as they are, and its label."""
+    """A sample of an image folder: the file's bytes as they are, and its label. With ``max_size``, an image whose
+    shorter side is longer is shrunk to it (aspect kept) and stored as a JPEG of quality 90 in ``channels``."""
+
+    def __init__(self, max_size: int | None = None, channels: int = 3) -> None:
+        self.max_size, self.channels = max_size, channels
 
     def __call__(self, item: tuple[str, int]) -> dict[str, Any]:
         path, label = item
         with open(path, "rb") as file:
-            return {"image": file.read(), "label": label}
+            data = file.read()
+        if self.max_size is not None:
+            image = decode_image_bytes(data, self.channels)  # the training decoder: alpha, 16 bits, EXIF alike
+            if min(image.shape[-2:]) > self.max_size:
+                image = TF.resize(image, [self.max_size], antialias=True)
+                data = encode_jpeg(image.contiguous(), quality=90).numpy().tobytes()
+        return {"image": data, "label": label}
 
 
 class PngBytes:
@@ -54,18 +66,18 @@ class PngBytes:
         return {"image": encode_png(self.images[index]).numpy().tobytes(), "label": int(self.labels[index])}
 
 
-def samples(datamodule: ImageDataModule, split: str) -> tuple[Any, list[Any]]:
+def samples(datamodule: ImageDataModule, split: str, max_size: int | None = None) -> tuple[Any, list[Any]]:
     """``(how to write a sample, the samples)`` of one split of a set-up data module."""
     if split in datamodule.splits:
         images, labels = datamodule.splits[split]
         return PngBytes(images.cpu(), labels.cpu()), list(range(len(labels)))
     if isinstance(datamodule, FolderDataModule):
         paths, labels = datamodule.usable_files(split)
-        return FileBytes(), list(zip(paths, labels, strict=True))
+        return FileBytes(max_size, datamodule.native_shape[0]), list(zip(paths, labels, strict=True))
     raise UserError(f"{type(datamodule).__name__} keeps no images in memory and is not an image folder")
 
 
-def metadata(datamodule: ImageDataModule, counts: dict[str, int], source: str) -> dict[str, Any]:
+def metadata(datamodule: ImageDataModule, counts: dict[str, int], source: str, max_size: int | None) -> dict[str, Any]:
     channels, height, width = datamodule.native_shape
     mean, std = datamodule.dataset_stats
     in_memory = all(split in datamodule.splits for split in shards.SPLITS)
@@ -78,6 +90,7 @@ def metadata(datamodule: ImageDataModule, counts: dict[str, int], source: str) -
         # One size for every image (in-memory sets); folders keep each image's own (the preset shapes them).
         "image_size": height if in_memory and height == width else None,
         "stats": {"mean": list(mean), "std": list(std)},
+        "max_size": max_size,  # the shorter side of stored images is at most this (None: files as they were)
         "splits": counts,
     }
 
@@ -100,12 +113,14 @@ def start_output(output: Path, overwrite: bool) -> None:
     (output / PREPARING).write_text("prepare_data.py is writing this data set\n")
 
 
-def write(datamodule: ImageDataModule, output: Path, source: str, num_workers: int, chunk_bytes: str) -> dict:
+def write(
+    datamodule: ImageDataModule, output: Path, source: str, num_workers: int, chunk_bytes: str, max_size: int | None
+) -> dict:
     from litdata import optimize  # LitData writes the shards: one process per core, a progress bar
 
     counts = {}
     for split in shards.SPLITS:
-        sample, inputs = samples(datamodule, split)
+        sample, inputs = samples(datamodule, split, max_size)
         counts[split] = len(inputs)
         if inputs:
             workers = max(1, min(num_workers, len(inputs)))
@@ -121,7 +136,7 @@ def write(datamodule: ImageDataModule, output: Path, source: str, num_workers: i
                 keep_data_ordered=True,
                 start_method="fork",
             )
-    info = metadata(datamodule, counts, source)
+    info = metadata(datamodule, counts, source, max_size)
     partial = output / (shards.METADATA + ".partial")
     partial.write_text(json.dumps(info, indent=1))
     os.replace(partial, output / shards.METADATA)  # last, and whole: now the data set trains
@@ -155,7 +170,15 @@ def _main(argv: list[str]) -> int:
     parser.add_argument("--overwrite", action="store_true", help="Replace a data set already prepared there.")
     parser.add_argument("--num_workers", type=int, default=os.cpu_count() or 1, help="Processes writing shards.")
     parser.add_argument("--chunk_bytes", default="64MB", help="Size of each shard, e.g. 64MB.")
+    parser.add_argument(
+        "--max_size",
+        type=int,
+        help="Shrink images whose shorter side is longer than this (aspect kept; JPEG, quality 90): every epoch then "
+        "decodes fewer pixels. Default: image files stored as they are.",
+    )
     args, rest = parser.parse_known_args(argv)
+    if args.max_size is not None and args.max_size < 1:
+        raise UserError(f"--max_size must be a positive number of pixels, got {args.max_size}")
     class_path, init_args = named_data_config(args.data)
     init_args = {**init_args, **parse_overrides(rest)}
     data_class = import_class(class_path, ImageDataModule, "data module")
@@ -171,12 +194,12 @@ def _main(argv: list[str]) -> int:
     if shards.is_remote(args.output):
         with tempfile.TemporaryDirectory(prefix="prepare_data-") as staging:
             start_output(Path(staging), overwrite=False)
-            info = write(datamodule, Path(staging), source, args.num_workers, args.chunk_bytes)
+            info = write(datamodule, Path(staging), source, args.num_workers, args.chunk_bytes, args.max_size)
             upload(Path(staging), args.output, args.overwrite)
     else:
         output = Path(args.output)
         start_output(output, args.overwrite)
-        info = write(datamodule, output, source, args.num_workers, args.chunk_bytes)
+        info = write(datamodule, output, source, args.num_workers, args.chunk_bytes, args.max_size)
     counts = ", ".join(f"{count} {split}" for split, count in info["splits"].items())
     print(f"wrote {args.output}: {counts} images of {len(info['class_names'])} classes")
     return 0
