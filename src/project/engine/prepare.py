@@ -37,6 +37,13 @@ from project.engine.options import import_class
 PREPARING = ".preparing"
 
 
+def one_thread() -> None:
+    """In a forked writer process: torch on one thread, as in a DataLoader worker (an OpenMP thread pool the parent
+    started does not survive a fork, and a parallel op on it never returns)."""
+    if torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
+
+
 class FileBytes:
     """A sample of an image folder: the file's bytes as they are, and its label. With ``max_size``, an image whose
     shorter side is longer is shrunk to it (aspect kept) and stored as a JPEG of quality 90 in ``channels``."""
@@ -49,6 +56,7 @@ class FileBytes:
         with open(path, "rb") as file:
             data = file.read()
         if self.max_size is not None:
+            one_thread()
             image = decode_image_bytes(data, self.channels)  # the training decoder: alpha, 16 bits, EXIF alike
             if min(image.shape[-2:]) > self.max_size:
                 image = TF.resize(image, [self.max_size], antialias=True)
@@ -63,6 +71,7 @@ class PngBytes:
         self.images, self.labels = images, labels
 
     def __call__(self, index: int) -> dict[str, Any]:
+        one_thread()
         return {"image": encode_png(self.images[index]).numpy().tobytes(), "label": int(self.labels[index])}
 
 
