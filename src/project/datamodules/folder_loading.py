@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from project.datamodules.images import NotAnImage, load_image
 from project.datamodules.presets import Preset, sample_generator
-from project.engine.api import DataError, EpochSeededSampler, ResumableDataLoader
+from project.engine.api import DataError, EpochSeededSampler, ResumableDataLoader, escape_name
 
 #: ``(path, reason)`` of a file a worker could not decode.
 Bad = tuple[str, str]
@@ -94,8 +94,7 @@ class SkippedFiles:
             self._write([path for path, _ in new])
 
     def _write(self, paths: list[str]) -> None:
-        # Names as everything the project writes has them (engine.filenames.escape_name): bytes not UTF-8 as \xNN.
-        lines = [os.fsencode(path).decode("utf-8", "backslashreplace") for path in paths]
+        lines = [escape_name(path) for path in paths]  # bytes that are not UTF-8 as \xNN, as everywhere
         try:
             if self._listed is None:
                 os.makedirs(os.path.dirname(self.file) or ".", exist_ok=True)

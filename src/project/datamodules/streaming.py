@@ -162,12 +162,3 @@ class StreamingDataModule(ImageDataModule):
         if self.hparams.cache_dir:
             return self.hparams.cache_dir
         return str(cache_root() / "chunks")
-
-    def train_dataloader(self) -> StreamingDataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> StreamingDataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> StreamingDataLoader:
-        return self._loader("test", shuffle=False)
