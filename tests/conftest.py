@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import processes
 import pytest
 import torch
 from fakedata import write_cifar10, write_image_folder, write_mnist, write_resnet18_weights
@@ -40,6 +43,38 @@ TINY = [
     "--dashboard_every",
     "0",  # drawing PNGs costs about a second a run; the dashboard tests switch it back on
 ]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    processes.mark_this_run()  # before any test starts a process: they all inherit the mark
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the run if a process it started is still alive (a test, a fixture or the product left it behind)."""
+    gc.collect()  # loaders that nothing references any more shut their workers down
+    deadline = time.monotonic() + 15  # workers of a killed parent notice within 5 s
+    while (left := processes.left_running()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if left:
+        report = "\n".join(processes.describe(left))
+        processes.kill(left)
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        message = f"the test run left {len(left)} process(es) running (now killed):\n{report}"
+        if reporter is not None:
+            reporter.write_line(message, red=True)
+        else:
+            print(message, file=sys.stderr)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture(autouse=True)
+def _no_process_outlives_its_test() -> Iterator[None]:
+    """Whatever a test started (fixtures of a wider scope start theirs before this) ends with it, passed or not."""
+    first = len(processes.STARTED)
+    yield
+    for process in processes.STARTED[first:]:
+        if processes.group_alive(process):
+            processes.end(process, grace=5)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -103,11 +138,4 @@ RUN_TIMEOUT = 900
 def run_train(args: Sequence[str], cwd: Path, timeout: float = RUN_TIMEOUT) -> subprocess.CompletedProcess[str]:
     """``python scripts/train.py ARGS`` in a subprocess, as a user runs it."""
     env = {**os.environ, "PYTHONWARNINGS": "ignore::DeprecationWarning", "COLUMNS": "200"}
-    return subprocess.run(
-        [sys.executable, str(TRAIN_SCRIPT), *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return processes.run([sys.executable, TRAIN_SCRIPT, *args], timeout, cwd=cwd, env=env)

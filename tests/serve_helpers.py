@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import socket
 import subprocess
 import sys
@@ -13,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import processes
 from conftest import REPO, TINY
 
 from project.engine.cli import main as train
@@ -41,7 +40,7 @@ def serving(source: Path, cwd: Path, *args: str, ready_within: float = 600) -> I
     command = [sys.executable, str(SERVE_SCRIPT), "--ckpt", str(source), "--port", str(port), *args]
     with log.open("w") as output:
         # A session of its own: LitServe's API server and workers are its children, stopped with it.
-        process = subprocess.Popen(command, cwd=cwd, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+        process = processes.start(command, cwd=cwd, stdout=output, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + ready_within  # generous: a loaded 2-core machine starts workers slowly
@@ -56,10 +55,5 @@ def serving(source: Path, cwd: Path, *args: str, ready_within: float = 600) -> I
             time.sleep(0.5)
         yield url
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        processes.end(process, grace=60)
         log.unlink(missing_ok=True)

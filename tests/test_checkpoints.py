@@ -8,15 +8,15 @@ import os
 import pickle
 import re
 import shutil
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import lightning as L
+import processes
 import pytest
 import torch
-from conftest import REPO, TINY, run_train
+from conftest import REPO, RUN_TIMEOUT, TINY, run_train
 from torch import nn
 
 from project.engine import export
@@ -95,7 +95,7 @@ def test_every_checkpoint_of_every_model_loads_with_weights_only(
         "    keys = torch.load(path, weights_only=True).keys()\n"
         "    assert {'state_dict', 'optimizer_states', 'lr_schedulers', 'loops', 'rng_states'} <= keys, path\n"
     )
-    result = subprocess.run([sys.executable, "-c", script, *map(str, checkpoints)], capture_output=True, text=True)
+    result = processes.run([sys.executable, "-c", script, *checkpoints], RUN_TIMEOUT)
     assert result.returncode == 0, result.stderr[-2000:]
 
 

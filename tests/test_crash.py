@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import lightning as L
+import processes
 import pytest
 import torch
 from conftest import RUN_TIMEOUT, TINY, TRAIN_SCRIPT, quiet_trainer, run_train
@@ -30,7 +31,7 @@ ENDLESS = [*TINY, "--trainer.limit_train_batches", "40", "--trainer.max_epochs",
 def _start(args: list[str], cwd: Path) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONWARNINGS": "ignore::DeprecationWarning", "COLUMNS": "200"}
     command = [sys.executable, str(TRAIN_SCRIPT), *args]
-    return subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return processes.start(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def _wait_for(pattern: str, cwd: Path, process: subprocess.Popen[str], timeout: float = RUN_TIMEOUT) -> Path:
@@ -43,7 +44,7 @@ def _wait_for(pattern: str, cwd: Path, process: subprocess.Popen[str], timeout: 
         if process.poll() is not None:
             pytest.fail(f"training exited with {process.returncode} early:\n{process.stderr.read()[-3000:]}")
         time.sleep(0.02)
-    process.kill()
+    processes.end(process)
     pytest.fail(f"no {pattern} after {timeout}s")
 
 
@@ -188,7 +189,7 @@ def test_kill_9_in_the_middle_of_a_checkpoint_write_keeps_the_previous_one(tmp_p
         AtomicCheckpointIO().save_checkpoint({{"step": torch.tensor(2)}}, {str(path)!r})
         """
     )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=RUN_TIMEOUT)
+    result = processes.run([sys.executable, "-c", script], RUN_TIMEOUT)
     assert result.returncode == -signal.SIGKILL, result.stderr
     assert path.read_bytes() == before
     assert int(torch.load(path, weights_only=True)["step"]) == 1

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import lightning as L
+import processes
 import pytest
 import torch
 from conftest import REPO, RUN_TIMEOUT, TINY, TRAIN_SCRIPT, run_train
@@ -126,7 +127,7 @@ def test_two_torchrun_nodes_write_one_run_directory_and_score_like_one_process(t
         torchrun = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(node_rank)]
         torchrun += ["--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", port]
         command = [*torchrun, str(TRAIN_SCRIPT), *args]
-        nodes.append(subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+        nodes.append(processes.start(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
     outputs = [node.communicate(timeout=RUN_TIMEOUT) for node in nodes]
     for node, (_, stderr) in zip(nodes, outputs, strict=True):
         assert node.returncode == 0, stderr.decode()[-3000:]
@@ -140,13 +141,11 @@ def test_two_torchrun_nodes_write_one_run_directory_and_score_like_one_process(t
 
     # The best checkpoint scored by scripts/evaluate.py in one process: the test metrics the two nodes reported.
     best = run / "checkpoints" / "best.ckpt"
-    evaluate = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "evaluate.py"), "--ckpt", str(best), "--accelerator", "cpu"],
+    evaluate = processes.run(
+        [sys.executable, REPO / "scripts" / "evaluate.py", "--ckpt", best, "--accelerator", "cpu"],
+        RUN_TIMEOUT,
         cwd=tmp_path,
         env=env,
-        capture_output=True,
-        text=True,
-        timeout=RUN_TIMEOUT,
     )
     assert evaluate.returncode == 0, evaluate.stderr[-3000:]
     result = json.loads((run / "eval" / "eval.json").read_text())
@@ -211,7 +210,7 @@ def _torchrun_evaluate(args: list[str], tmp_path: Path, two_nodes: bool) -> list
         cwd.mkdir()
         torchrun = [sys.executable, "-m", "torch.distributed.run", *launch, "--master_addr", "127.0.0.1"]
         command = [*torchrun, "--master_port", port, str(REPO / "scripts" / "evaluate.py"), *args]
-        nodes.append(subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+        nodes.append(processes.start(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
     outputs = [node.communicate(timeout=RUN_TIMEOUT) for node in nodes]
     return [
         subprocess.CompletedProcess(node.args, node.returncode, out.decode(), err.decode())

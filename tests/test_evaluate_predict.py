@@ -5,10 +5,10 @@ from __future__ import annotations
 import csv
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
+import processes
 import pytest
 import torch
 from conftest import REPO, RUN_TIMEOUT, TINY
@@ -37,13 +37,11 @@ def _error_lines(stderr: str) -> list[str]:
 
 # ---------------------------------------------------------------------------------------------- evaluate
 def test_evaluate_script_repeats_the_runs_test_from_the_checkpoint_alone(trained: Path, tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "evaluate.py"), "--ckpt", str(trained / "checkpoints" / "best.ckpt")],
+    result = processes.run(
+        [sys.executable, REPO / "scripts" / "evaluate.py", "--ckpt", trained / "checkpoints" / "best.ckpt"],
+        RUN_TIMEOUT,
         cwd=tmp_path,  # nothing of the run's but the checkpoint is used: not its config, not its cwd
         env={**os.environ, "PYTHONWARNINGS": "ignore"},
-        capture_output=True,
-        text=True,
-        timeout=RUN_TIMEOUT,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((trained / "summary.json").read_text())

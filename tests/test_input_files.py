@@ -12,9 +12,10 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import processes
 import pytest
 import torch
-from conftest import REPO, TINY
+from conftest import REPO, RUN_TIMEOUT, TINY
 from fakedata import write_image_folder
 from folder_helpers import SIZE, _folder, _module, _rgb
 from PIL import Image
@@ -38,7 +39,7 @@ def _predict(checkpoint: Path, inputs: list[Path], output: Path) -> subprocess.C
     """scripts/predict.py as a user runs it, in a UTF-8 locale (where Python's stdout refuses undecodable names)."""
     env = {**os.environ, "LC_ALL": "C.UTF-8", "PYTHONWARNINGS": "ignore", "COLUMNS": "250"}
     command = [sys.executable, str(REPO / "scripts" / "predict.py"), "--ckpt", str(checkpoint), "--output", str(output)]
-    return subprocess.run([*command, *map(str, inputs)], env=env, capture_output=True, text=True, timeout=300)
+    return processes.run([*command, *inputs], RUN_TIMEOUT, env=env)
 
 
 # ---------------------------------------------------------------------------------------------- formats

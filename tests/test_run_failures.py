@@ -6,13 +6,13 @@ from __future__ import annotations
 import os
 import resource
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
+import processes
 import pytest
 import torch
-from conftest import TINY, TRAIN_SCRIPT
+from conftest import RUN_TIMEOUT, TINY, TRAIN_SCRIPT
 
 from project.engine.cli import main
 
@@ -66,13 +66,11 @@ def test_a_checkpoint_the_disk_refuses_is_one_line_and_keeps_the_previous_one(ru
     checkpoints = run / "checkpoints"
     before = {path.name: path.read_bytes() for path in checkpoints.iterdir()}
     limit = min(len(data) for data in before.values()) // 2  # far more than any log or config file needs
-    result = subprocess.run(
-        [sys.executable, str(TRAIN_SCRIPT), "--resume", "run", "--trainer.max_epochs", "2"],
+    result = processes.run(
+        [sys.executable, TRAIN_SCRIPT, "--resume", "run", "--trainer.max_epochs", "2"],
+        RUN_TIMEOUT,
         cwd=run.parent,
         env={**os.environ, "PYTHONWARNINGS": "ignore"},
-        capture_output=True,
-        text=True,
-        timeout=300,
         preexec_fn=lambda: _file_size_limit(limit),
     )
     assert result.returncode == 1, result.stderr[-3000:]

@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import processes
 import pytest
 import torch
 from conftest import REPO, RUN_TIMEOUT, TINY, run_train
@@ -123,9 +124,7 @@ def test_sbatch_script_starts_one_srun_task_per_gpu_that_trains_into_the_job_run
     (tmp_path / "scripts").symlink_to(REPO / "scripts")  # the script runs from the submit directory, the repository
     # No GPU here: the arguments after the script's own override its --accelerator gpu and --strategy ddp.
     args = [*TINY, "--data.root", str(data_root), "--accelerator", "cpu", "--strategy", "auto"]
-    result = subprocess.run(
-        ["bash", str(script), *args], cwd=tmp_path, capture_output=True, text=True, timeout=RUN_TIMEOUT
-    )
+    result = processes.run(["bash", script, *args], RUN_TIMEOUT, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     srun = (tmp_path / "srun.log").read_text().split()
     assert srun[:2] == ["python", "scripts/train.py"]
@@ -139,17 +138,17 @@ def _srun(args: list[str], cwd: Path, job_id: str, tasks: int = 2) -> list[subpr
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = str(sock.getsockname()[1])
-    processes = []
+    started = []
     for rank in range(tasks):
         env = {**os.environ, "SLURM_JOB_ID": job_id, "SLURM_NTASKS": str(tasks), "SLURM_NNODES": str(tasks)}
         env |= {"SLURM_PROCID": str(rank), "SLURM_NODEID": str(rank), "SLURM_LOCALID": "0", "MASTER_PORT": port}
         env |= {"SLURM_NTASKS_PER_NODE": "1", "SLURM_NODELIST": "127.0.0.1", "PYTHONWARNINGS": "ignore"}
         command = [sys.executable, str(REPO / "scripts" / "train.py"), *args]
-        processes.append(subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
-    outputs = [process.communicate(timeout=RUN_TIMEOUT) for process in processes]
+        started.append(processes.start(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    outputs = [task.communicate(timeout=RUN_TIMEOUT) for task in started]
     return [
         subprocess.CompletedProcess(p.args, p.returncode, out.decode(), err.decode())
-        for p, (out, err) in zip(processes, outputs, strict=True)
+        for p, (out, err) in zip(started, outputs, strict=True)
     ]
 
 

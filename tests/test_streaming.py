@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import processes
 import pytest
 import torch
 from conftest import REPO, RUN_TIMEOUT, TINY, run_train
@@ -158,12 +159,11 @@ def test_an_interrupted_preparation_does_not_train_and_is_started_over(
     data = tmp_path / "shards"
     command = [sys.executable, str(REPO / "scripts" / "prepare_data.py"), "--data", "mnist"]
     command += ["--data.root", str(data_root), "--data.val_size", "40", "--output", str(data), "--chunk_bytes", "4KB"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = processes.start(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + RUN_TIMEOUT
     while not (data / "train" / shards.INDEX).exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
-    process.kill()
-    process.wait()
+    processes.end(process, grace=0)  # SIGKILL: no clean-up of any kind
     assert (data / "train" / shards.INDEX).exists() and not (data / shards.METADATA).exists()
     assert _train_error(tmp_path, monkeypatch, capsys, data) == (
         f"error: {data} is not a complete prepared data set (no dataset.json): write it with "

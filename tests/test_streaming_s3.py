@@ -6,13 +6,13 @@ from __future__ import annotations
 import json
 import os
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
+import processes
 import pytest
 import torch
 from test_streaming import STREAM_TINY, prepare_mnist
@@ -34,8 +34,8 @@ def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """moto's S3 server in its own process on a free port of 127.0.0.1, with one empty bucket."""
     port = _free_port()
     log = open(tmp_path_factory.mktemp("moto") / "server.log", "w")  # noqa: SIM115 (closed below)
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=log
+    server = processes.start(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", port], stdout=log, stderr=log
     )
     endpoint = f"http://127.0.0.1:{port}"
     settings = {
@@ -58,8 +58,7 @@ def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                 time.sleep(0.2)
         yield endpoint
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        processes.end(server)
         log.close()
         for name, value in saved.items():
             if value is None:

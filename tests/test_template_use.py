@@ -6,15 +6,15 @@ import csv
 import json
 import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
+import processes
 import pytest
 import torch
 import torchvision
 import yaml
-from conftest import TRAIN_SCRIPT
+from conftest import RUN_TIMEOUT, TRAIN_SCRIPT
 from PIL import Image
 
 from project.engine import evaluate, predict
@@ -65,13 +65,11 @@ def project_folder(tmp_path: Path) -> Path:
 
 def test_short_names_of_your_own_configs_train_from_your_folder(project_folder: Path) -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(project_folder), os.environ.get("PYTHONPATH", "")])}
-    result = subprocess.run(
-        [sys.executable, str(TRAIN_SCRIPT), "--model", "tiny", "--data", "stripes", "--max_epochs", "3", *QUIET],
+    result = processes.run(
+        [sys.executable, TRAIN_SCRIPT, "--model", "tiny", "--data", "stripes", "--max_epochs", "3", *QUIET],
+        RUN_TIMEOUT,
         cwd=project_folder,
         env={**env, "PYTHONWARNINGS": "ignore"},
-        capture_output=True,
-        text=True,
-        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     (run,) = (project_folder / "runs").iterdir()
@@ -237,9 +235,7 @@ def test_a_loss_of_your_own_is_exact_under_ddp(project_folder: Path, data_root: 
     args += ["--data.download", "false", "--data.val_size", "41", "--data.batch_size", "16", "--max_epochs", "1"]
     args += ["--accelerator", "cpu", "--devices", "2", "--strategy", "ddp", *QUIET, "--run_dir", str(run)]
     env = {**os.environ, "PYTHONPATH": str(project_folder), "PYTHONWARNINGS": "ignore"}
-    result = subprocess.run(
-        [sys.executable, str(TRAIN_SCRIPT), *args], cwd=project_folder, env=env, capture_output=True, text=True
-    )
+    result = processes.run([sys.executable, TRAIN_SCRIPT, *args], RUN_TIMEOUT, cwd=project_folder, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((run / "summary.json").read_text())
     assert summary["devices"] == 2

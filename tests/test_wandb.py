@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import os
 import struct
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import processes
 import pytest
 import torch
 from conftest import RUN_TIMEOUT, TINY
@@ -78,13 +78,11 @@ def test_offline_run_on_its_own_logs_nested_config_artifacts_histograms_and_dash
     env.update(HOME=str(home), MPLCONFIGDIR=str(Path.home() / ".config" / "matplotlib"), WANDB_SILENT="true")
     args = [*TINY, "--dashboard_every", "1", "--data.root", str(data_root), "--logger", "wandb", "--wandb.watch", "all"]
     args += ["--wandb.tags", "[baseline, tiny]", "--wandb.group", "tests", "--trainer.log_every_n_steps", "1"]
-    result = subprocess.run(
-        [sys.executable, str(Path(__file__).parents[1] / "scripts" / "train.py"), *args],
+    result = processes.run(
+        [sys.executable, Path(__file__).parents[1] / "scripts" / "train.py", *args],
+        RUN_TIMEOUT,  # a hang guard (W&B waiting on the network, say), not a speed limit
         cwd=tmp_path,
         env={**env, "PYTHONWARNINGS": "ignore::DeprecationWarning"},
-        capture_output=True,
-        text=True,
-        timeout=RUN_TIMEOUT,  # a hang guard (W&B waiting on the network, say), not a speed limit
     )
     assert result.returncode == 0, result.stderr[-3000:]
     run = next((tmp_path / "runs").iterdir())
@@ -159,13 +157,11 @@ def test_project_runs_without_wandb_installed(
         "import project.engine.evaluate, project.engine.predict, project.engine.export\n"
         "sys.exit(main(sys.argv[1:]))"
     )
-    trained = subprocess.run(
+    trained = processes.run(
         [sys.executable, "-c", runner, *TINY, "--dashboard_every", "1", "--data.root", str(data_root)],
+        RUN_TIMEOUT,
         cwd=tmp_path,
         env={**os.environ, "PYTHONWARNINGS": "ignore::DeprecationWarning"},
-        capture_output=True,
-        text=True,
-        timeout=RUN_TIMEOUT,
     )
     assert trained.returncode == 0, trained.stderr[-3000:]
     assert list((tmp_path / "runs").glob("*/dashboard/test/confusion_matrix.png"))

@@ -21,7 +21,7 @@ from project.datamodules.images import DEFAULT_MAX_IMAGE_PIXELS, decode_files
 from project.datamodules.presets import PresetName, build_preset, preset_preprocessing
 from project.datamodules.scan_cache import decode_or_reuse
 from project.datamodules.transforms import Normalize
-from project.engine.api import DataError, InMemoryLoader, loader_seed
+from project.engine.api import DEFAULT_LOADER_TIMEOUT, DataError, InMemoryLoader, loader_seed
 
 #: Bad files listed in full in the warning or error; the rest are counted.
 _LISTED = 20
@@ -74,6 +74,7 @@ class FolderDataModule(ImageDataModule):
             files, decoded in workers every epoch (:mod:`.presets`): a random resized crop and flip drawn from
             ``(seed, epoch, index)`` to train; the shorter side to ``image_size`` × 256 / 224, centre crop to evaluate.
         strict: Raise an error naming the unusable files instead of skipping them with a warning.
+        loader_timeout: Seconds to wait for one batch from the workers before the run stops with an error.
         max_image_pixels: Refuse images with more pixels (width × height) than this.
         **kwargs: Options of :class:`~project.datamodules.base.ImageDataModule` (``batch_size``,
             ``normalize``, ``split_seed``, ``hflip``, ...).
@@ -94,6 +95,7 @@ class FolderDataModule(ImageDataModule):
         preset: PresetName = "squash",
         strict: bool = False,
         max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+        loader_timeout: float = DEFAULT_LOADER_TIMEOUT,
         **kwargs: Any,
     ) -> None:
         if image_size == "auto":  # no model asked for a size (the command line resolves it for pretrained weights)
@@ -270,7 +272,8 @@ class FolderDataModule(ImageDataModule):
         preset = build_preset(self.hparams.preset, split == "train", size)
         dataset = PresetImages(paths, labels, channels, preset, self.hparams.max_image_pixels, loader_seed())
         batch_size = self.batch_size if split == "train" else self.eval_batch_size
-        return folder_loader(dataset, self._skipped, shuffle, batch_size, self.hparams.num_workers, self.trainer)
+        workers, timeout = self.hparams.num_workers, self.hparams.loader_timeout
+        return folder_loader(dataset, self._skipped, split, batch_size, workers, timeout, self.trainer)
 
     def train_dataloader(self) -> InMemoryLoader | DataLoader:
         return self._loader("train", shuffle=True)

@@ -19,7 +19,14 @@ from torch.utils.data import DataLoader, Dataset
 
 from project.datamodules.images import NotAnImage, load_image
 from project.datamodules.presets import Preset, sample_generator
-from project.engine.api import DataError, EpochSeededSampler, ResumableDataLoader, escape_name
+from project.engine.api import (
+    BoundedWait,
+    DataError,
+    EpochSeededSampler,
+    ResumableDataLoader,
+    escape_name,
+    worker_options,
+)
 
 #: ``(path, reason)`` of a file a worker could not decode.
 Bad = tuple[str, str]
@@ -141,7 +148,7 @@ class _KeepsDecoded:
                 )
 
 
-class FolderTrainLoader(_KeepsDecoded, ResumableDataLoader):
+class FolderTrainLoader(_KeepsDecoded, BoundedWait, ResumableDataLoader):
     """The training loader: resumable mid-epoch; tells the workers the epoch (also when Lightning has put its
     ``DistributedSampler`` in place of ours: it reads the sampler's ``epoch``)."""
 
@@ -155,7 +162,7 @@ class FolderTrainLoader(_KeepsDecoded, ResumableDataLoader):
         yield from self._kept(super().__iter__(), training=True)
 
 
-class FolderEvalLoader(_KeepsDecoded, DataLoader):
+class FolderEvalLoader(_KeepsDecoded, BoundedWait, DataLoader):
     """The validation and test loader, in order; a batch of which no file decodes is left out."""
 
     def __init__(self, dataset: PresetImages, skipped: SkippedFiles, **kwargs: Any) -> None:
@@ -167,7 +174,13 @@ class FolderEvalLoader(_KeepsDecoded, DataLoader):
 
 
 def folder_loader(
-    dataset: PresetImages, skipped: SkippedFiles, train: bool, batch_size: int, num_workers: int, trainer: Any
+    dataset: PresetImages,
+    skipped: SkippedFiles,
+    split: str,
+    batch_size: int,
+    num_workers: int,
+    timeout: float,
+    trainer: Any,
 ) -> FolderTrainLoader | FolderEvalLoader:
     """The loader of one split: shuffled by ``(seed, epoch)`` to train, in order otherwise; the skipped files are
     listed in the ``trainer``'s run directory (its ``default_root_dir``)."""
@@ -175,7 +188,7 @@ def folder_loader(
         skipped.place(trainer.default_root_dir, trainer.global_rank)
     options: dict[str, Any] = {
         "batch_size": batch_size,
-        "num_workers": num_workers,
+        **worker_options(dataset, num_workers, timeout),
         "persistent_workers": num_workers > 0,
         "pin_memory": trainer is not None and trainer.strategy.root_device.type == "cuda",
         "collate_fn": collate_kept,
@@ -183,6 +196,9 @@ def folder_loader(
         # leaves the global random state (dropout masks, augmentation) as it was, so a resumed run matches.
         "generator": torch.Generator().manual_seed(dataset.seed),
     }
-    if train:
-        return FolderTrainLoader(dataset, skipped, sampler=EpochSeededSampler(dataset, dataset.seed), **options)
-    return FolderEvalLoader(dataset, skipped, **options)
+    if split == "train":
+        loader = FolderTrainLoader(dataset, skipped, sampler=EpochSeededSampler(dataset, dataset.seed), **options)
+    else:
+        loader = FolderEvalLoader(dataset, skipped, **options)
+    loader.what = f"the {split} loader"
+    return loader

@@ -21,7 +21,7 @@ from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms.v2 import functional as TF
 
 from project.datamodules.files import image_extensions
-from project.engine.api import DataError, first_line
+from project.engine.api import DEFAULT_LOADER_TIMEOUT, BoundedWait, DataError, first_line, worker_options
 
 #: PIL's default limit on width × height (``PIL.Image.MAX_IMAGE_PIXELS``): about a 9459 × 9459 image.
 DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
@@ -117,8 +117,9 @@ def decode_files(
     workers = 0 if len(paths) < 256 else min(num_workers, math.ceil(len(paths) / 64))
     # A generator of its own: a DataLoader draws its workers' base seed from the global one otherwise, and a run's
     # random stream must not depend on whether setup decoded (or read what an earlier run kept: scan_cache).
-    loader = DataLoader(
-        dataset, batch_size=64, num_workers=workers, collate_fn=_collate_decoded, generator=torch.Generator()
+    options = worker_options(dataset, workers, DEFAULT_LOADER_TIMEOUT)
+    loader = _DecodingLoader(
+        dataset, batch_size=64, collate_fn=_collate_decoded, generator=torch.Generator(), **options
     )
     images = torch.empty((len(paths), channels, size, size), dtype=torch.uint8) if keep else None
     counts = torch.zeros((channels, 256), dtype=torch.long) if histogram else None
@@ -140,6 +141,10 @@ def decode_files(
     if images is not None and len(good) < len(paths):
         images = images[: len(good)].clone()
     return Decoded(images, good, counts, bad)
+
+
+class _DecodingLoader(BoundedWait, DataLoader):
+    what = "setup's decoding of the image files"
 
 
 class _DecodeDataset(Dataset):

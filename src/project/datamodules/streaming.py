@@ -7,6 +7,7 @@ mid-epoch resume, and it splits the shards across the ranks and workers of a mul
 
 from __future__ import annotations
 
+import os
 import warnings
 from functools import cached_property
 from typing import Any, Literal
@@ -21,7 +22,14 @@ from project.datamodules.images import DEFAULT_MAX_IMAGE_PIXELS, NotAnImage, dec
 from project.datamodules.presets import PresetName, build_preset, preset_preprocessing, sample_generator
 from project.datamodules.scan_cache import cache_root
 from project.datamodules.transforms import Normalize
-from project.engine.api import DataError, allow_plain_http_endpoint, loader_seed
+from project.engine.api import (
+    DEFAULT_LOADER_TIMEOUT,
+    BoundedWait,
+    DataError,
+    allow_plain_http_endpoint,
+    loader_seed,
+    worker_options,
+)
 
 #: The square size images are shaped to when neither ``image_size`` nor the data set (one size for all) says.
 DEFAULT_IMAGE_SIZE = 64
@@ -30,11 +38,21 @@ DEFAULT_IMAGE_SIZE = 64
 class StreamedImages(StreamingDataset):
     """``(uint8 image (C, size, size), label)`` per sample: the stored bytes decoded and shaped by the preset in the
     worker. A training sample's random crop and flip depend only on (seed, epoch, sample index), so they are the
-    same in any worker, on any rank, and after a resume."""
+    same in any worker, on any rank, and after a resume.
+
+    The store's settings (``AWS_*``) travel with the data set: workers start from a forkserver, whose environment is
+    that of the moment it started, not the loader's."""
 
     def __init__(self, input_dir: str, preset: Any, channels: int, max_image_pixels: int, **options: Any) -> None:
         super().__init__(input_dir, **options)
         self.preset, self.channels, self.max_image_pixels = preset, channels, max_image_pixels
+        self.store_settings = {name: value for name, value in os.environ.items() if name.startswith("AWS_")}
+
+    def __iter__(self) -> StreamedImages:
+        # In the worker, before LitData's downloader reads the settings.
+        os.environ.update(self.store_settings)
+        allow_plain_http_endpoint()
+        return super().__iter__()
 
     def __getitem__(self, index: Any) -> tuple[Tensor, int]:
         item = super().__getitem__(index)
@@ -45,6 +63,10 @@ class StreamedImages(StreamingDataset):
             raise DataError(f"sample {number} of {self.input_dir.url or self.input_dir.path}: {error}") from None
         generator = sample_generator(self.seed, self.current_epoch, number)
         return self.preset(image, generator), int(item["label"])
+
+
+class ShardLoader(BoundedWait, StreamingDataLoader):
+    """LitData's loader, whose wait for a batch is bounded (``loader_timeout``)."""
 
 
 class StreamingDataModule(ImageDataModule):
@@ -65,6 +87,7 @@ class StreamingDataModule(ImageDataModule):
         cache_dir: Where remote shards are cached; default ``chunks`` in the template's cache (``~/.cache/project``).
         max_cache_size: The cache's bound, e.g. ``50GB``: the oldest shards are deleted beyond it.
         max_image_pixels: Refuse images with more pixels than this (possible decompression bombs).
+        loader_timeout: Seconds to wait for one batch from the workers before the run stops with an error.
         **kwargs: Options of :class:`~project.datamodules.base.ImageDataModule` (``batch_size``, ``normalize``,
             ``hflip``, ...).
     """
@@ -78,6 +101,7 @@ class StreamingDataModule(ImageDataModule):
         cache_dir: str | None = None,
         max_cache_size: str = "50GB",
         max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+        loader_timeout: float = DEFAULT_LOADER_TIMEOUT,
         **kwargs: Any,
     ) -> None:
         build_preset(preset, True, 1)  # refuses an unknown name
@@ -123,7 +147,7 @@ class StreamingDataModule(ImageDataModule):
         stats = self.normalization()
         self.normalizer = Normalize(*stats) if stats else None
 
-    def _loader(self, split: str, shuffle: bool) -> StreamingDataLoader:
+    def _loader(self, split: str, shuffle: bool) -> ShardLoader:
         trainer = self.trainer
         batch_size = self.batch_size if split == "train" else self.eval_batch_size
         ranks, samples = (trainer.world_size if trainer else 1), self.metadata["splits"][split]
@@ -148,15 +172,17 @@ class StreamingDataModule(ImageDataModule):
             cache_dir=self._cache_dir() if shards.is_remote(self.input_dir) else None,
             max_cache_size=self.hparams.max_cache_size,
         )
-        return StreamingDataLoader(
+        loader = ShardLoader(
             dataset,
             batch_size=batch_size,
-            num_workers=workers,
+            **worker_options(dataset, workers, self.hparams.loader_timeout),
             pin_memory=trainer is not None and trainer.strategy.root_device.type == "cuda",
             # The workers' seed from a generator of the loader's own: starting an epoch leaves the global random
             # state (dropout, augmentation on the device) as it was, so a resumed run matches an uninterrupted one.
             generator=torch.Generator().manual_seed(seed),
         )
+        loader.what = f"the {split} loader"
+        return loader
 
     def _cache_dir(self) -> str:
         if self.hparams.cache_dir:

@@ -17,11 +17,15 @@ from project.engine.errors import DataError, UserError, first_line
 from project.engine.filenames import escape_name
 from project.engine.loaders import EpochSeededSampler, InMemoryLoader, ResumableDataLoader, loader_seed
 from project.engine.options import IMAGENET_STATS, INCEPTION_STATS
+from project.engine.workers import DEFAULT_TIMEOUT as DEFAULT_LOADER_TIMEOUT
+from project.engine.workers import BoundedWait, worker_options
 
 __all__ = [
     "IMAGENET_STATS",
     "INCEPTION_STATS",
     "Batch",
+    "BoundedWait",
+    "DEFAULT_LOADER_TIMEOUT",
     "DataError",
     "EpochSeededSampler",
     "InMemoryLoader",
@@ -34,6 +38,7 @@ __all__ = [
     "load_checkpoint_file",
     "loader_seed",
     "optimizer_steps_per_epoch",
+    "worker_options",
 ]
 
 

@@ -228,3 +228,20 @@ def allow_plain_http_endpoint() -> bool:
 
     downloader._OBSTORE_CLIENT_OPTIONS["allow_http"] = True
     return True
+
+
+#: How torch's DataLoader (2.14, ``_MultiProcessingDataLoaderIter._get_data``) says that no batch came within its
+#: ``timeout``: a ``RuntimeError`` with this message.
+LOADER_TIMEOUT_MESSAGE = "DataLoader timed out after"
+
+
+def loader_timed_out(error: BaseException) -> bool:
+    """Whether ``error`` is a ``DataLoader`` giving up on a batch after its ``timeout``."""
+    return isinstance(error, RuntimeError) and str(error).startswith(LOADER_TIMEOUT_MESSAGE)
+
+
+def awaited_worker(iterator: Any) -> int | None:
+    """The worker a multi-process ``DataLoader`` iterator waits for (torch 2.14 keeps it only in the private
+    ``_task_info[_rcvd_idx]``: ``(worker_id,)`` while the batch is outstanding), or ``None``."""
+    info = getattr(iterator, "_task_info", {}).get(getattr(iterator, "_rcvd_idx", None))
+    return int(info[0]) if info else None
