@@ -76,19 +76,31 @@ def test_impossible_config_is_one_line_exit_2_before_training(
     ],
 )
 def test_user_mistakes_are_one_line_errors_with_exit_code_2(
-    tmp_path: Path, args: list[str], expected: str, data_root: Path
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    args: list[str],
+    expected: str,
+    data_root: Path,
 ) -> None:
     if "--data.root" not in args:
         args = [*args, "--data.root", str(data_root)]
-    result = run_train([*TINY, *args], cwd=tmp_path)
-    assert result.returncode == 2, result.stderr[-2000:]
-    assert "Traceback" not in result.stderr
-    error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(error_lines) == 1, result.stderr
-    assert expected in error_lines[0]
+    monkeypatch.chdir(tmp_path)
+    assert main([*TINY, *args]) == 2  # an exception (a traceback for the user) fails the test here
+    error_lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1 and expected in error_lines[0], error_lines
     # A run that fails on a mistake before saving anything leaves no run directory behind.
     runs = tmp_path / "runs"
     assert not runs.exists() or not any(runs.iterdir()), list(runs.iterdir())
+
+
+def test_a_mistake_is_one_line_and_exit_2_in_a_real_process_too(tmp_path: Path, data_root: Path) -> None:
+    result = run_train([*TINY, "--data.root", str(data_root), "--model", "transformer"], cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1 and "unknown --model 'transformer'" in error_lines[0], result.stderr
+    assert not (tmp_path / "runs").exists()
 
 
 def test_missing_imagenet_weights_say_where_to_put_them(

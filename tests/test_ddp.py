@@ -119,7 +119,8 @@ def test_two_torchrun_nodes_write_one_run_directory_and_score_like_one_process(t
     args = [*TINY, *WHOLE_SETS, "--data.root", str(data_root), "--max_epochs", "2", "--run_dir", str(run)]
     args += ["--accelerator", "cpu", "--devices", "1", "--num_nodes", "2", "--strategy", "ddp"]
     port = str(_free_port())
-    env = {**os.environ, "PYTHONWARNINGS": "ignore::DeprecationWarning"}
+    # Two "nodes" on one machine: each gets one core's worth of threads, as on a node of its own.
+    env = {**os.environ, "PYTHONWARNINGS": "ignore::DeprecationWarning", "OMP_NUM_THREADS": "1"}
     nodes = []
     for node_rank in (0, 1):
         cwd = tmp_path / f"node{node_rank}"  # each node's working directory: nothing may be written there
@@ -199,7 +200,8 @@ def test_rng_states_of_another_process_count_restore_rank_0s_with_a_warning() ->
 def _torchrun_evaluate(args: list[str], tmp_path: Path, two_nodes: bool) -> list[subprocess.CompletedProcess[str]]:
     """``scripts/evaluate.py ARGS`` under torchrun on 127.0.0.1: two nodes of one process, or one node of two."""
     port = str(_free_port())
-    env = {**os.environ, "PYTHONWARNINGS": "ignore::DeprecationWarning"}
+    # Two "nodes" on one machine: each gets one core's worth of threads, as on a node of its own.
+    env = {**os.environ, "PYTHONWARNINGS": "ignore::DeprecationWarning", "OMP_NUM_THREADS": "1"}
     if two_nodes:
         launches = [["--nnodes", "2", "--node_rank", str(rank), "--nproc_per_node", "1"] for rank in (0, 1)]
     else:

@@ -66,6 +66,39 @@ def test_a_changed_file_is_decoded_again(folder: Path, monkeypatch: pytest.Monke
     assert str(victim) in second._reported and str(victim) not in first._reported
 
 
+def test_a_file_rewritten_at_the_same_size_is_decoded_again(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Only the modification time tells this change: same name, same size, other bytes.
+    calls = _decodes(monkeypatch)
+    first = _setup(folder)
+    victim = next((folder / "dog").iterdir())
+    size, mtime = victim.stat().st_size, victim.stat().st_mtime_ns
+    victim.write_bytes(b"\0" * size)
+    os.utime(victim, ns=(mtime + 10**9, mtime + 10**9))
+    assert victim.stat().st_size == size
+    second = _setup(folder)
+    assert len(calls) > 3
+    assert str(victim) in second._reported and str(victim) not in first._reported
+
+
+def test_a_scan_at_another_size_is_not_read_from_the_kept_one(
+    folder: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # The statistics come from images decoded at the size asked for: a scan kept at 16 px is not 24 px's.
+    def setup_at(size: int) -> FolderDataModule:
+        data = FolderDataModule(root=str(folder), image_size=size, cache="never", num_workers=0)
+        with pytest.warns(UserWarning, match="unusable"):
+            data.setup("fit")
+        return data
+
+    calls = _decodes(monkeypatch)
+    setup_at(16)
+    kept = len(calls)
+    at_24 = setup_at(24)
+    assert len(calls) == 2 * kept  # decoded again, every split
+    monkeypatch.setenv("PROJECT_CACHE_DIR", str(tmp_path / "fresh"))
+    assert at_24.dataset_stats == setup_at(24).dataset_stats != setup_at(16).dataset_stats  # the oracle: no cache
+
+
 def test_a_read_only_data_root_is_left_as_it_is(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     before = sorted((path, path.stat().st_mtime_ns) for path in folder.rglob("*"))
     for path in [folder, *folder.rglob("*")]:

@@ -143,6 +143,7 @@ def _srun(args: list[str], cwd: Path, job_id: str, tasks: int = 2) -> list[subpr
         env = {**os.environ, "SLURM_JOB_ID": job_id, "SLURM_NTASKS": str(tasks), "SLURM_NNODES": str(tasks)}
         env |= {"SLURM_PROCID": str(rank), "SLURM_NODEID": str(rank), "SLURM_LOCALID": "0", "MASTER_PORT": port}
         env |= {"SLURM_NTASKS_PER_NODE": "1", "SLURM_NODELIST": "127.0.0.1", "PYTHONWARNINGS": "ignore"}
+        env |= {"OMP_NUM_THREADS": "1"}  # the "nodes" share this machine's cores: one thread's worth each
         command = [sys.executable, str(REPO / "scripts" / "train.py"), *args]
         started.append(processes.start(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
     outputs = [task.communicate(timeout=RUN_TIMEOUT) for task in started]
