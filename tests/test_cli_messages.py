@@ -71,3 +71,19 @@ def test_cifar10_download_error_gives_torchvisions_address(tmp_path: Path, monke
         CIFAR10DataModule(root=str(tmp_path)).prepare_data()
     with pytest.raises(DataError, match=f"download is false.*{url}"):
         CIFAR10DataModule(root=str(tmp_path), download=False).prepare_data()
+
+
+@pytest.mark.parametrize(
+    "args", [["--help"], ["--data.help", "FolderDataModule"], ["--model", "resnet", "--model.help", "ResNet"]]
+)
+def test_help_is_plain_text(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    # The docstrings it is made of are reStructuredText (Lightning's Trainer's too): no markup reaches the terminal.
+    with pytest.raises(SystemExit) as exited:
+        main(args)
+    assert exited.value.code == 0
+    text = capsys.readouterr().out
+    assert len(text.splitlines()) > 40
+    for markup in ("``", ":class:`", ":mod:`", ":meth:`", ":func:`", "<function"):
+        assert markup not in text, markup
+    if args == ["--help"]:
+        assert "The data: a LightningDataModule" in text and "The main advantage is:" not in text

@@ -21,7 +21,7 @@ import signal
 import sys
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from jsonargparse import ArgumentError
@@ -45,6 +45,7 @@ from project.engine.callbacks.signals import GracefulInterrupt
 from project.engine.checkpoint import check_resumable, load_checkpoint_file
 from project.engine.configs import PACKAGE_CONFIGS, expand_args, short_names
 from project.engine.errors import CheckpointWriteError, UserError, explain
+from project.engine.helptext import PlainHelpParser
 from project.engine.loggers import WANDB_RUN_ID_KEY, WandbOptions, make_loggers, wandb_callbacks
 from project.engine.options import (
     check_gpu,
@@ -76,6 +77,7 @@ class TemplateCLI(LightningCLI):
                 subclass_mode_model=True,
                 subclass_mode_data=True,
                 run=False,
+                parser_class=PlainHelpParser,
                 seed_everything_default=42,
                 auto_configure_optimizers=False,
                 save_config_kwargs={"overwrite": True},
@@ -106,7 +108,7 @@ class TemplateCLI(LightningCLI):
             "--resume", type=str | None, default=None, help="Continue a run: last, a run directory or a checkpoint."
         )
         parser.add_argument(
-            "--logger", type=str, default="csv", choices=["csv", "tensorboard", "wandb"], help="Experiment logger."
+            "--logger", type=Literal["csv", "tensorboard", "wandb"], default="csv", help="Experiment logger."
         )
         parser.add_argument("--no_test", type=bool, default=False, help="Skip testing the best checkpoint.")
         parser.add_argument(
@@ -117,6 +119,11 @@ class TemplateCLI(LightningCLI):
         )
         parser.add_class_arguments(WandbOptions, "wandb")
         recipe.add_arguments(parser)  # --ema_decay, --swa_lrs, --find_lr, --find_batch_size
+        # The groups' headings say what the options are for (jsonargparse takes the first paragraph of Lightning's base
+        # classes' docstrings, about Lightning; the LightningDataModule's ends mid-sentence).
+        for group, what in (("model", "a LightningModule"), ("data", "a LightningDataModule")):
+            parser.groups[group].title = f"The {group}: {what} (--{group} NAME or a class path)"
+            parser.groups[group].description = None
         # The data decides the shapes and class names; the model is built from them.
         for name in ("num_classes", "input_shape", "class_names"):
             parser.link_arguments(f"data.{name}", f"model.init_args.{name}", apply_on="instantiate")
