@@ -17,6 +17,8 @@ import torch
 from fakedata import write_cifar10, write_image_folder, write_mnist, write_resnet18_weights
 from lightning import Trainer
 
+from project.engine import compat
+
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_SCRIPT = REPO / "scripts" / "train.py"
 
@@ -52,6 +54,8 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Fail the run if a process it started is still alive (a test, a fixture or the product left it behind)."""
     gc.collect()  # loaders that nothing references any more shut their workers down
+    if "wandb" in sys.modules and sys.modules["wandb"] is not None:
+        sys.modules["wandb"].teardown()  # W&B's service process of this one, which in-process runs started
     deadline = time.monotonic() + 15  # workers of a killed parent notice within 5 s
     while (left := processes.left_running()) and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -65,6 +69,13 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         else:
             print(message, file=sys.stderr)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture(autouse=True)
+def _lightning_notices_quiet_as_for_users() -> None:
+    """The entry points' own filters (compat), in tests that build a Trainer themselves too (pytest resets the
+    warning filters for every test)."""
+    compat.quiet_lightning_notices()
 
 
 @pytest.fixture(autouse=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import re
 import warnings
 from pathlib import Path
 
@@ -257,3 +258,45 @@ def test_litdata_builds_its_obstore_client_from_the_module_options(monkeypatch: 
     assert not compat.allow_plain_http_endpoint() and downloader._OBSTORE_CLIENT_OPTIONS["allow_http"] is False
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9000")
     assert compat.allow_plain_http_endpoint() and downloader._OBSTORE_CLIENT_OPTIONS["allow_http"] is True
+
+
+def test_lightning_still_warns_about_short_epochs_and_the_filter_silences_only_that(
+    tmp_path: Path, data_root: Path
+) -> None:
+    from lightning.pytorch.loggers import CSVLogger
+
+    def fit() -> list[str]:
+        trainer = quiet_trainer(logger=CSVLogger(tmp_path), max_epochs=1, limit_train_batches=2, limit_val_batches=1)
+        data = MNISTDataModule(root=str(data_root), batch_size=16, val_size=0.1, download=False)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            if quiet:
+                compat.quiet_lightning_notices()
+            trainer.fit(MLP(**data.model_args()), datamodule=data)
+        return [str(warning.message) for warning in caught]
+
+    quiet = False
+    assert any(re.match(compat.SHORT_EPOCH_WARNING, message) for message in fit())
+    quiet = True
+    assert not any(re.match(compat.SHORT_EPOCH_WARNING, message) for message in fit())
+
+
+def test_a_checkpoint_counts_its_finished_epochs_where_compat_reads_them(tmp_path: Path, data_root: Path) -> None:
+    data = MNISTDataModule(root=str(data_root), batch_size=16, val_size=0.1, download=False)
+    trainer = quiet_trainer(max_epochs=2, limit_train_batches=2, limit_val_batches=1, default_root_dir=tmp_path)
+    trainer.fit(MLP(**data.model_args()), datamodule=data)
+    trainer.save_checkpoint(tmp_path / "done.ckpt")
+    checkpoint = torch.load(tmp_path / "done.ckpt", weights_only=True)
+    assert compat.epochs_trained(checkpoint) == 2 and checkpoint["global_step"] == 4
+
+
+def test_lightning_still_hands_wandb_an_anonymous_setting_and_compat_drops_it() -> None:
+    from lightning.pytorch.loggers import WandbLogger
+
+    logger = WandbLogger(project="p", offline=True)
+    assert "anonymous" in logger._wandb_init and logger._wandb_init["anonymous"] is None
+    compat.without_unset_wandb_options(logger)
+    assert "anonymous" not in logger._wandb_init
+    asked = WandbLogger(project="p", offline=True, anonymous=True)  # one that asks for it keeps it
+    compat.without_unset_wandb_options(asked)
+    assert asked._wandb_init["anonymous"] == "allow"

@@ -166,7 +166,7 @@ def test_resume_continues_the_wandb_run(tmp_path: Path, monkeypatch: pytest.Monk
 @pytest.mark.parametrize(
     ("setup", "resume", "expected"),
     [
-        ("none", "last", "--resume last: no run with checkpoints/last.ckpt under runs"),
+        ("none", "last", "--resume last: no run under runs"),
         ("none", "nowhere", "--resume nowhere: no such run directory or checkpoint file"),
         ("no_checkpoint", "runs/crashed", "runs/crashed/checkpoints/last.ckpt does not exist"),
         ("bare_checkpoint", "weights.ckpt", "is not a run directory (it has no config.yaml)"),

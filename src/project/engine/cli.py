@@ -45,6 +45,7 @@ from project.engine.callbacks.signals import GracefulInterrupt
 from project.engine.checkpoint import check_resumable, load_checkpoint_file
 from project.engine.configs import PACKAGE_CONFIGS, expand_args, short_names
 from project.engine.errors import CheckpointWriteError, UserError, explain
+from project.engine.filenames import escape_names
 from project.engine.helptext import PlainHelpParser
 from project.engine.loggers import WANDB_RUN_ID_KEY, WandbOptions, make_loggers, wandb_callbacks
 from project.engine.options import (
@@ -191,6 +192,9 @@ class TemplateCLI(LightningCLI):
         resumed = load_checkpoint_file(self.ckpt_path) if self.ckpt_path else {}
         if resumed:  # before the loggers and the config are written: a failed resume leaves the run as it was
             check_resumable(self.model, resumed, self.ckpt_path)
+            rundir.check_left_to_train(resumed, config["trainer"], self.run_dir)
+            if rank_zero_only.rank == 0:
+                print(f"resuming {escape_names(str(self.run_dir))} ({rundir.describe_checkpoint(resumed)})")
         if resumed and config.get("find_batch_size"):
             recipe.restore_found_batch_size(self.datamodule, resumed)
         wandb_id = resumed.get(WANDB_RUN_ID_KEY) if config["logger"] == "wandb" else None
@@ -263,6 +267,9 @@ def main(argv: list[str] | None = None) -> int:
     except ArgumentError as error:
         print(f"error: {explain(error)} (see --help)", file=sys.stderr)
         return 2
+    except rundir.NothingToTrain as finished:  # not a mistake: the run is done, and stays as it is
+        print(finished)
+        return 0
     except KeyboardInterrupt:  # Ctrl+C before training started (during it, GracefulInterrupt handles it)
         print("interrupted", file=sys.stderr)
         return 130

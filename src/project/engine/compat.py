@@ -32,6 +32,9 @@ os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
 
 #: Lightning 2.6's ``utilities/_pytree.py`` calls a torch pytree API that torch 2.10+ deprecates, at every fit and test.
 LEAF_SPEC_WARNING = r"`isinstance\(treespec, LeafSpec\)` is deprecated"
+#: Lightning 2.6 warns at every fit whose epochs are shorter than ``log_every_n_steps`` (a small data set): the
+#: template logs each epoch's means as well, so nothing goes unlogged.
+SHORT_EPOCH_WARNING = r"The number of training batches \(\d+\) is smaller than the logging interval"
 #: Lightning 2.6 logs this advertisement for its cloud logger at every ``Trainer`` start.
 LITLOGGER_TIP = "try installing [litlogger]"
 #: The logger Lightning's rank-zero messages go through.
@@ -92,8 +95,9 @@ class _WithoutLitLoggerTip(logging.Filter):
 
 
 def quiet_lightning_notices() -> None:
-    """Silence the notices Lightning prints at every run that are Lightning's to fix (only these two)."""
+    """Silence the notices Lightning prints at runs that are Lightning's to fix or say nothing (only these three)."""
     warnings.filterwarnings("ignore", message=LEAF_SPEC_WARNING, category=FutureWarning)
+    warnings.filterwarnings("ignore", message=SHORT_EPOCH_WARNING)
     logger = logging.getLogger(RANK_ZERO_LOGGER)
     if not any(isinstance(f, _WithoutLitLoggerTip) for f in logger.filters):
         logger.addFilter(_WithoutLitLoggerTip())
@@ -201,6 +205,21 @@ class _ContinuedMetricsWriter(ExperimentWriter):
             writer.writeheader()
             writer.writerows(rows)
         os.replace(temporary, self.metrics_file_path)
+
+
+def epochs_trained(checkpoint: dict[str, Any]) -> int:
+    """The epochs whose training a Lightning (2.6) checkpoint has finished: its fit loop's
+    ``epoch_progress.current.processed`` (an epoch stopped in the middle is not counted)."""
+    progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {})
+    return int(progress.get("current", {}).get("processed", 0))
+
+
+def without_unset_wandb_options(logger: Any) -> None:
+    """Lightning's ``WandbLogger`` (2.6) passes ``anonymous=None`` to ``wandb.init`` even when it was not asked for,
+    and W&B (0.19+) warns about any value of that setting ("The anonymous setting has no effect"): the key is
+    dropped from the logger's private ``_wandb_init`` when it is ``None``."""
+    if logger._wandb_init.get("anonymous", "") is None:
+        del logger._wandb_init["anonymous"]
 
 
 def option_strings(parser: Any) -> list[str]:

@@ -21,7 +21,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-from project.engine import rundir
+from project.engine import compat, rundir
 from project.engine.errors import UserError
 
 #: Checkpoint key holding the W&B run id, so that ``--resume`` continues the same W&B run.
@@ -124,6 +124,7 @@ class ConfigWandbLogger(WandbLogger):
 
     def __init__(self, config_file: str | os.PathLike[str], **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        compat.without_unset_wandb_options(self)
         self.config_file = Path(config_file)
         self._config_logged = False
 

@@ -65,13 +65,20 @@ def claim_run_dir(path: str | os.PathLike[str]) -> Path:
 def find_resume_checkpoint(resume: str, runs_root: str | os.PathLike[str]) -> tuple[Path, Path]:
     """``(run_dir, checkpoint)`` for ``--resume last | RUN_DIR | CHECKPOINT``.
 
-    Only the location is checked here; the checkpoint itself is loaded (and refused if bad) before training.
+    ``last`` is the run started (or resumed) most recently under ``runs_root``, by its ``config.yaml``; if that one
+    stopped before its first checkpoint, it is an error naming it, not a quiet turn to an older run. Only the location
+    is checked here; the checkpoint itself is loaded (and refused if bad) before training.
     """
     if resume == "last":
-        runs = [p for p in Path(runs_root).glob("*/") if (p / CHECKPOINTS / LAST_FILE).is_file()]
+        runs = [path.parent for path in Path(runs_root).glob(f"*/{CONFIG}")]
         if not runs:
-            raise UserError(f"--resume last: no run with checkpoints/last.ckpt under {runs_root}")
-        run_dir = max(runs, key=lambda p: (p / CHECKPOINTS / LAST_FILE).stat().st_mtime)
+            raise UserError(f"--resume last: no run under {runs_root}")
+        run_dir = max(runs, key=lambda path: (path / CONFIG).stat().st_mtime_ns)
+        if not (run_dir / CHECKPOINTS / LAST_FILE).is_file():
+            raise UserError(
+                f"--resume last: the latest run, {run_dir}, stopped before its first checkpoint: nothing to resume; "
+                "start it again, or --resume an earlier run by its directory"
+            )
         return run_dir, run_dir / CHECKPOINTS / LAST_FILE
     path = Path(resume)
     if path.is_dir():
@@ -92,6 +99,30 @@ def find_resume_checkpoint(resume: str, runs_root: str | os.PathLike[str]) -> tu
             "these weights, load them with project.engine.checkpoint.load_model"
         )
     return run_dir, checkpoint
+
+
+class NothingToTrain(Exception):
+    """A resumed run that has trained all it was asked to: the command line says so and exits 0, writing nothing."""
+
+
+def check_left_to_train(checkpoint: dict[str, Any], trainer: dict[str, Any], run_dir: Path) -> None:
+    """Raise :class:`NothingToTrain` when ``checkpoint`` (of ``run_dir``) has trained ``trainer``'s ``max_epochs``
+    (or ``max_steps``) already: resuming it would only test it again and rewrite its summary."""
+    epochs, steps = compat.epochs_trained(checkpoint), int(checkpoint.get("global_step", 0))
+    max_epochs, max_steps = trainer.get("max_epochs"), trainer.get("max_steps") or -1
+    by_epochs = max_epochs is not None and max_epochs >= 0 and epochs >= max_epochs
+    by_steps = max_steps > 0 and steps >= max_steps
+    if by_epochs or by_steps:
+        limit = f"--max_epochs {max_epochs}" if by_epochs else f"--trainer.max_steps {max_steps}"
+        raise NothingToTrain(
+            f"{escape_names(str(run_dir))} has finished: {epochs} epochs, {steps} steps ({limit}); nothing left to "
+            f"train. To train it further, resume with a larger {limit.split()[0]}"
+        )
+
+
+def describe_checkpoint(checkpoint: dict[str, Any]) -> str:
+    """``3 epochs done, step 120``: where a resumed run goes on from."""
+    return f"{compat.epochs_trained(checkpoint)} epochs done, step {int(checkpoint.get('global_step', 0))}"
 
 
 def run_dir_of(checkpoint: str | os.PathLike[str]) -> Path:

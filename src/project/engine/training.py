@@ -72,13 +72,24 @@ def _float(value: Any) -> float | None:
 
 
 def _print_summary(summary: dict[str, Any]) -> None:
-    def pct(value: float | None) -> str:
-        return "n/a" if value is None else f"{100 * value:.2f}%"
-
+    run_dir = escape_names(summary["run_dir"])
+    if summary["interrupted"]:  # what the user wants to know now: what is kept, and how to go on
+        how = f"by {summary['signal']}" if summary["signal"] else "by the user"
+        where = f"at epoch {summary['epochs']}, step {summary['global_step']}"
+        if summary["checkpoints"]["last"]:
+            next_step = f"continue it with: python scripts/train.py --resume {run_dir}"
+        else:
+            next_step = "it stopped before its first checkpoint: nothing is saved to continue from"
+        print(f"\nrun directory: {run_dir}\nstopped {how} {where}; {next_step}")
+        return
     loss = "n/a" if summary["test_loss"] is None else f"{summary['test_loss']:.4f}"
+    accuracies = f"best val acc {_percent(summary['best_val_acc'])} | test acc {_percent(summary['test_acc'])}"
     print(
-        f"\nrun directory: {escape_names(summary['run_dir'])}\n"
-        f"best val acc {pct(summary['best_val_acc'])} | test acc {pct(summary['test_acc'])} | test loss {loss}"
+        f"\nrun directory: {run_dir}\n{accuracies} | test loss {loss}"
         f" | {summary['epochs']} epochs in {summary['wall_time_s']:.1f}s\n"
         f"best checkpoint: {escape_names(summary['checkpoints']['best'])}"
     )
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.2f}%"
