@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 
 import pytest
@@ -81,3 +82,38 @@ def test_no_workers_no_options_and_a_negative_timeout_is_refused() -> None:
     with pytest.raises(ValueError, match="loader_timeout must not be negative"):
         worker_options(ParentPids(), 2, -1)
     assert torch.utils.data.get_worker_info() is None
+
+
+#: Held by a thread of the main process while the workers start (as gloo's threads, queue feeders and OpenMP's
+#: pool hold theirs); a forked child would get it locked, with no thread left to release it.
+BUSY = threading.Lock()
+
+
+class NeedsTheLock(Dataset):
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, index: int) -> int:
+        with BUSY:
+            return index
+
+
+def test_a_lock_another_thread_holds_at_start_does_not_reach_the_workers() -> None:
+    # The DDP job's hang in miniature, made certain: forked, the workers would wait for BUSY for good (here: until
+    # the loader's timeout). Started from the forkserver, they import this module afresh, with BUSY free.
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with BUSY:
+            holding.set()
+            release.wait(60)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    holding.wait(10)
+    try:
+        loader = Watched(NeedsTheLock(), batch_size=2, **worker_options(NeedsTheLock(), 2, 20))
+        assert [batch.tolist() for batch in loader] == [[0, 1], [2, 3]]
+    finally:
+        release.set()
+        holder.join()
