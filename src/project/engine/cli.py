@@ -44,6 +44,7 @@ from project.engine.callbacks.rng_state import RNGStateCheckpoint
 from project.engine.callbacks.signals import GracefulInterrupt
 from project.engine.checkpoint import check_resumable, load_checkpoint_file
 from project.engine.configs import PACKAGE_CONFIGS, expand_args, short_names
+from project.engine.entrypoint import own_modules_importable
 from project.engine.errors import CheckpointWriteError, UserError, explain
 from project.engine.filenames import escape_names
 from project.engine.helptext import PlainHelpParser
@@ -250,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the process exit code."""
     argv = sys.argv[1:] if argv is None else list(argv)
     compat.quiet_lightning_notices()
+    own_modules_importable()
     cli: TemplateCLI | None = None
     try:
         cli = TemplateCLI(expand_args(rundir.slurm_job_args(argv)))  # a requeued SLURM job resumes

@@ -7,6 +7,7 @@ The entry points stand on this module and the library, never on each other.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -26,9 +27,19 @@ class ArgumentParser(argparse.ArgumentParser):
         raise UserError(f"{message} (see --help)")
 
 
+def own_modules_importable() -> None:
+    """Your modules (``--model my_models.TinyNet``, ``--data my_data.Stripes``) import from the working directory, the
+    project's root, without ``PYTHONPATH=.``: ``python scripts/x.py`` puts only ``scripts/`` on the path. Last on the
+    path, so that a file of yours never hides an installed package of the same name."""
+    cwd = os.getcwd()
+    if cwd not in sys.path and os.path.abspath(cwd) not in map(os.path.abspath, sys.path):
+        sys.path.append(cwd)
+
+
 def run_main(main: Callable[[list[str]], int], argv: Sequence[str] | None) -> int:
     """Call ``main(argv)`` (``sys.argv[1:]`` by default); print a :class:`UserError` as one line, return its code."""
     compat.quiet_lightning_notices()
+    own_modules_importable()
     try:
         return main(list(sys.argv[1:] if argv is None else argv))
     except UserError as error:
