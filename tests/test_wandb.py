@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import struct
@@ -131,6 +132,11 @@ def test_names_come_from_flags_first_then_wandb_variables(tmp_path: Path, monkey
         "tags": ["t"],
         "group": "g",
     }
+    # Neither: your project's name, the installed distribution's whose package is ``project`` (copier names it).
+    monkeypatch.delenv("WANDB_PROJECT")
+    monkeypatch.setattr(importlib.metadata, "packages_distributions", lambda: {"project": ["leaf-disease"]})
+    (_, by_default) = make_loggers("wandb", tmp_path, WandbOptions())
+    assert by_default._wandb_init["project"] == "leaf-disease"
 
 
 def test_auto_mode_is_online_only_with_an_api_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -7,6 +7,7 @@ parameter histograms. ``wandb`` stays an optional dependency: it is imported onl
 
 from __future__ import annotations
 
+import importlib.metadata
 import netrc
 import os
 from argparse import Namespace
@@ -35,7 +36,7 @@ class WandbOptions:
     """Weights & Biases settings; each also reads its ``WANDB_*`` environment variable when not given.
 
     Args:
-        project: W&B project (``WANDB_PROJECT``).
+        project: W&B project (``WANDB_PROJECT``); default: your project's name, from pyproject.toml.
         entity: Team or user (``WANDB_ENTITY``).
         name: Run name (``WANDB_NAME``); defaults to the run directory's name.
         tags: Run tags (``WANDB_TAGS``, comma-separated).
@@ -100,7 +101,7 @@ def _wandb_logger(run_dir: Path, options: WandbOptions, wandb_id: str | None) ->
         config_file=run_dir / rundir.CONFIG,
         name=options.name or os.environ.get("WANDB_NAME") or run_dir.name,
         save_dir=str(run_dir),
-        project=options.project or os.environ.get("WANDB_PROJECT") or "project",
+        project=options.project or os.environ.get("WANDB_PROJECT") or project_name(),
         entity=options.entity or os.environ.get("WANDB_ENTITY"),
         group=options.group or os.environ.get("WANDB_RUN_GROUP"),
         tags=options.tags or env_tags or None,
@@ -110,6 +111,13 @@ def _wandb_logger(run_dir: Path, options: WandbOptions, wandb_id: str | None) ->
         mode=mode,
         log_model=options.log_model and mode == "online",
     )
+
+
+def project_name() -> str:
+    """Your project's name: the distribution's in pyproject.toml (what copier asked), whose import package is
+    ``project``; ``project`` when it is not installed."""
+    names = importlib.metadata.packages_distributions().get("project") or ["project"]
+    return names[0]
 
 
 class ConfigWandbLogger(WandbLogger):
