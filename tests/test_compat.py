@@ -18,6 +18,7 @@ from lightning.pytorch.utilities import _pytree
 
 from project.datamodules import MNISTDataModule
 from project.engine import compat
+from project.engine.cli import main
 from project.models import MLP
 
 
@@ -39,6 +40,15 @@ def test_lightning_records_the_running_hook_in_current_fx_name(data_root) -> Non
     trainer.fit(model, datamodule=data)
     assert seen == ["on_train_batch_start"] * 2
     assert "_current_fx_name" in vars(model) and "_current_fx_name" not in model._modules
+
+
+def test_the_fast_hook_class_is_not_a_second_model_class_to_the_cli() -> None:
+    # jsonargparse (4.53) finds a model by name among LightningModule's subclasses, skipping local classes: after a
+    # run in the same process, "--model.help MLP" would otherwise name two MLPs and refuse.
+    compat.with_fast_hook_bookkeeping(MLP)
+    with pytest.raises(SystemExit) as exited:
+        main(["--model", "mlp", "--model.help", "MLP"])
+    assert exited.value.code == 0
 
 
 @pytest.mark.parametrize("optimizer_class", compat.FUSABLE_OPTIMIZERS)

@@ -58,7 +58,10 @@ def with_fast_hook_bookkeeping(module_class: type) -> type:
     (as for the precision plugin's), so the recipe's classes stay plain Lightning."""
     if issubclass(module_class, FastHookBookkeeping):
         return module_class
-    return type(module_class.__name__, (FastHookBookkeeping, module_class), {"__module__": module_class.__module__})
+    # A local class by name: jsonargparse (4.53) skips those when it resolves "--model MLP", so a second run in the
+    # same process does not find two classes of that name. Its __name__ is the model's, as checkpoints compare.
+    qualname = f"{with_fast_hook_bookkeeping.__qualname__}.<locals>.{module_class.__qualname__}"
+    return type(module_class.__name__, (FastHookBookkeeping, module_class), {"__qualname__": qualname})
 
 
 #: The optimizers :func:`use_fused_kernel` switches to PyTorch's fused kernel.
