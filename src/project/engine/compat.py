@@ -267,3 +267,12 @@ def awaited_worker(iterator: Any) -> int | None:
     ``_task_info[_rcvd_idx]``: ``(worker_id,)`` while the batch is outstanding), or ``None``."""
     info = getattr(iterator, "_task_info", {}).get(getattr(iterator, "_rcvd_idx", None))
     return int(info[0]) if info else None
+
+
+#: The paths Lightning 2.6's ``ModelCheckpoint.state_dict`` saves and ``load_state_dict`` restores: at its next save
+#: it removes the restored previous best/last/k-th file (``_remove_checkpoint``, ``fs.rm``), checking the folder for
+#: the ``file`` protocol only and on unresolved paths. :mod:`project.engine.trust` sanitizes them before the restore.
+CHECKPOINT_PATH_FIELDS = ("best_model_path", "kth_best_model_path", "last_model_path")
+CHECKPOINT_DIR_FIELD = "dirpath"
+#: ``{path: score}`` of the kept top-k files, also restored and removed from.
+CHECKPOINT_TOP_K_FIELD = "best_k_models"

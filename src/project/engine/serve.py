@@ -19,12 +19,14 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
+from project.engine import trust
 from project.engine.checkpoint import load_exported, load_model
 from project.engine.entrypoint import CKPT_HELP, ArgumentParser, run_main
 from project.engine.errors import UserError
 from project.engine.inputs import EmptyImage, ImageTooLarge, NotAnImage, bytes_input, saved_preprocessing
 from project.engine.options import check_gpu
 from project.engine.serve_http import PageAndRawImages
+from project.engine.trust import CheckpointLimits
 
 try:
     from fastapi import HTTPException
@@ -41,12 +43,13 @@ class Served(NamedTuple):
     preprocessing: dict[str, Any]
 
 
-def load_served(path: str | Path, device: torch.device | str = "cpu") -> Served:
-    """A checkpoint of this template, or a ``.pt2`` program exported from one, ready to serve on ``device``."""
+def load_served(path: str | Path, device: torch.device | str = "cpu", limits: CheckpointLimits | None = None) -> Served:
+    """A checkpoint of this template (loaded within ``limits``), or a ``.pt2`` program exported from one, ready to
+    serve on ``device``."""
     if Path(path).suffix == ".pt2":
         program, meta = load_exported(path)
         return Served(program.module().to(device), list(meta["class_names"]), meta["preprocessing"])
-    model = load_model(path, map_location=device)
+    model = load_model(path, map_location=device, limits=limits)
     return Served(model.eval(), *saved_preprocessing(model, path))
 
 
@@ -56,13 +59,20 @@ class ClassifierAPI(LitAPI):
     Built in the server process and sent to each worker, which loads the model in :meth:`setup`.
     """
 
-    def __init__(self, source: str | Path, topk: int = 5, max_batch_size: int = 1, batch_timeout: float = 0.0) -> None:
+    def __init__(
+        self,
+        source: str | Path,
+        topk: int = 5,
+        max_batch_size: int = 1,
+        batch_timeout: float = 0.0,
+        limits: CheckpointLimits | None = None,
+    ) -> None:
         super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout)
-        self.source, self.topk = str(source), topk
+        self.source, self.topk, self.limits = str(source), topk, limits
 
     def setup(self, device: str) -> None:
         self.device = torch.device(device)
-        self.served = load_served(self.source, self.device)
+        self.served = load_served(self.source, self.device, self.limits)
 
     def decode_request(self, request):  # noqa: ANN001 - unannotated: LitServe then hands over the parsed body
         """One image from the request, as the model input (a 4xx with a one-line reason when it is not usable)."""
@@ -122,6 +132,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--devices", default="auto", help="Devices to serve on (default: all of the accelerator's).")
     parser.add_argument("--workers_per_device", type=int, default=1, help="Model copies per device (default 1).")
     parser.add_argument("--timeout", type=float, default=30, help="Seconds before a request times out (default 30).")
+    trust.add_arguments(parser)
     return parser
 
 
@@ -133,8 +144,9 @@ def _main(argv: list[str]) -> int:
             raise UserError(f"--{name} must be at least 1, got {getattr(args, name)}")
     if LitServer is None:
         raise UserError("serving needs LitServe: pip install -e '.[serve]'")
-    load_served(args.ckpt)  # a bad file is one line here, before any worker starts
-    api = ClassifierAPI(args.ckpt, args.topk, args.max_batch_size, args.batch_timeout)
+    limits = trust.limits_from_args(args)
+    load_served(args.ckpt, limits=limits)  # a bad file is one line here, before any worker starts
+    api = ClassifierAPI(args.ckpt, args.topk, args.max_batch_size, args.batch_timeout, limits)
     devices = args.devices if args.devices == "auto" else int(args.devices)
     server = LitServer(
         api,
