@@ -12,20 +12,26 @@ from __future__ import annotations
 
 import base64
 import binascii
+import io
+import multiprocessing
+import signal
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
+from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
+from project.datamodules.images import DEFAULT_MAX_IMAGE_PIXELS
 from project.engine import trust
 from project.engine.checkpoint import load_exported, load_model
 from project.engine.entrypoint import CKPT_HELP, ArgumentParser, run_main
-from project.engine.errors import UserError
+from project.engine.errors import UserError, first_line
 from project.engine.inputs import EmptyImage, ImageTooLarge, NotAnImage, bytes_input, saved_preprocessing
 from project.engine.options import check_gpu
-from project.engine.serve_http import PageAndRawImages
+from project.engine.serve_http import DEFAULT_MAX_BODY_SIZE, PageAndRawImages
 from project.engine.trust import CheckpointLimits
 
 try:
@@ -77,7 +83,7 @@ class ClassifierAPI(LitAPI):
     def decode_request(self, request):  # noqa: ANN001 - unannotated: LitServe then hands over the parsed body
         """One image from the request, as the model input (a 4xx with a one-line reason when it is not usable)."""
         try:
-            return bytes_input(image_bytes(request), self.served.preprocessing)
+            return request_input(image_bytes(request), self.served.preprocessing)
         except ImageTooLarge as error:
             raise HTTPException(413, str(error)) from None
         except EmptyImage as error:
@@ -103,6 +109,29 @@ class ClassifierAPI(LitAPI):
         values, indices = probabilities.topk(min(self.topk, len(names)))
         pairs = zip(indices.tolist(), values.tolist(), strict=True)
         return {"predictions": [{"class": names[index], "probability": value} for index, value in pairs]}
+
+
+def request_input(data: bytes, preprocessing: dict[str, Any]) -> Tensor:
+    """The model input for a request's image: every byte is decoded by Pillow first, which reports corrupt data as an
+    error, because torchvision's native PNG decoder crashes the process (SIGSEGV) on some corrupt files (e.g. a
+    valid header with corrupt IDAT data), which would take the worker down. The one guard the server calls."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)  # checked below, before any decoding
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                if image.width * image.height > DEFAULT_MAX_IMAGE_PIXELS:
+                    raise ImageTooLarge(
+                        f"{image.width}x{image.height} pixels is more than {DEFAULT_MAX_IMAGE_PIXELS}: refused as a "
+                        "possible decompression bomb"
+                    )
+                image.load()
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+            raise ImageTooLarge(f"refused as a decompression bomb ({error})") from None
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as error:
+            if not data:
+                raise EmptyImage("empty body: no image") from None
+            raise NotAnImage(f"not an image Pillow can decode ({first_line(error)})") from None
+    return bytes_input(data, preprocessing)
 
 
 def image_bytes(request: Any) -> bytes:
@@ -132,6 +161,11 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--devices", default="auto", help="Devices to serve on (default: all of the accelerator's).")
     parser.add_argument("--workers_per_device", type=int, default=1, help="Model copies per device (default 1).")
     parser.add_argument("--timeout", type=float, default=30, help="Seconds before a request times out (default 30).")
+    parser.add_argument(
+        "--max_body_size",
+        default=DEFAULT_MAX_BODY_SIZE,
+        help=f"Larger request bodies get a 413 before they are read whole (default {DEFAULT_MAX_BODY_SIZE}).",
+    )
     trust.add_arguments(parser)
     return parser
 
@@ -145,6 +179,7 @@ def _main(argv: list[str]) -> int:
     if LitServer is None:
         raise UserError("serving needs LitServe: pip install -e '.[serve]'")
     limits = trust.limits_from_args(args)
+    max_body_size = trust.parse_size(args.max_body_size, "--max_body_size")
     load_served(args.ckpt, limits=limits)  # a bad file is one line here, before any worker starts
     api = ClassifierAPI(args.ckpt, args.topk, args.max_batch_size, args.batch_timeout, limits)
     devices = args.devices if args.devices == "auto" else int(args.devices)
@@ -154,11 +189,28 @@ def _main(argv: list[str]) -> int:
         devices=devices,
         workers_per_device=args.workers_per_device,
         timeout=args.timeout,
-        middlewares=[PageAndRawImages],
+        middlewares=[(PageAndRawImages, {"max_body_size": max_body_size})],
+        restart_workers=True,  # a worker that dies anyway (a native crash) is replaced; the others serve meanwhile
     )
     print(f"serving {args.ckpt} on http://{args.host}:{args.port}/ (POST /predict, GET /health)", flush=True)
-    server.run(host=args.host, port=args.port, generate_client_file=False)
-    return 0
+    # SIGTERM (kill, a supervisor, a container stop) ends the server as Ctrl+C does: LitServe's shutdown stops its
+    # API servers, workers and manager; by default SIGTERM ends this process alone and leaves them serving the port.
+    stopped_by: list[int] = []
+
+    def interrupt(signum: int, frame: Any) -> None:
+        stopped_by.append(signum)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGINT, interrupt)
+    try:
+        server.run(host=args.host, port=args.port, generate_client_file=False)
+    except KeyboardInterrupt:
+        pass  # a stop while LitServe was still starting (after, it handles it itself): its processes end below
+    finally:
+        for child in multiprocessing.active_children():  # whatever LitServe left running (a shutdown cut short)
+            child.kill()
+    return 128 + stopped_by[0] if stopped_by else 0  # the shell's convention: 143 for SIGTERM, 130 for SIGINT
 
 
 def main(argv: Sequence[str] | None = None) -> int:
