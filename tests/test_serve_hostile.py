@@ -11,6 +11,7 @@ import socket
 import struct
 import time
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -50,7 +51,8 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory, data_root: Path) -> Pat
 @pytest.fixture(scope="module")
 def server(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201 - a generator fixture
     cwd = tmp_path_factory.mktemp("cwd")
-    args = ("--accelerator", "cpu", "--max_body_size", "1MB", "--workers_per_device", "2", "--max_batch_size", "4")
+    args = ("--accelerator", "cpu", "--max_body_size", "1MB", "--workers_per_device", "2")
+    args += ("--max_batch_size", "4", "--batch_timeout", "0.05")
     env = {"LIT_SERVER_API_KEY": API_KEY}
     with server_process(checkpoint, cwd, *args, env=env, ready_within=180) as (url, process):
         yield url, process
@@ -140,18 +142,23 @@ def test_the_api_key_is_litserves_x_api_key(server: tuple) -> None:
     assert_serving(url)
 
 
+def inference_workers(process) -> list[int]:  # noqa: ANN001
+    """The pids of LitServe's inference workers: the processes it spawns, but for its logger process, which it
+    spawns first (LitServer.run starts the loggers, then the workers), so the lowest pid of them."""
+    spawned = [pid for pid in processes.group_members(process) if "spawn_main" in processes.cmdline(pid)]
+    return sorted(spawned)[1:]
+
+
 def test_a_worker_that_dies_is_replaced_while_the_other_serves(server: tuple) -> None:
     url, process = server
-    workers = [pid for pid in processes.group_members(process) if "spawn_main" in processes.cmdline(pid)]
-    workers = [pid for pid in workers if "resource_tracker" not in processes.cmdline(pid)]
+    workers = inference_workers(process)
     assert len(workers) == 2, [processes.cmdline(pid) for pid in processes.group_members(process)]
     os.kill(workers[0], signal.SIGKILL)
     for _ in range(6):  # the other worker answers meanwhile (a request the dead one held may fail: not these)
         assert_serving(url)
     deadline = time.monotonic() + 300
     while True:
-        now = [pid for pid in processes.group_members(process) if "spawn_main" in processes.cmdline(pid)]
-        now = [pid for pid in now if "resource_tracker" not in processes.cmdline(pid)]
+        now = inference_workers(process)
         if len(now) == 2 and workers[0] not in now:
             break
         assert time.monotonic() < deadline, "the dead worker was not replaced"
@@ -180,3 +187,45 @@ def test_sigterm_and_sigint_stop_every_process_and_free_the_port(checkpoint: Pat
             assert _stop_and_wait(process, signum) == 128 + signum
     with socket.socket() as probe:  # and the port is free again
         probe.bind(("127.0.0.1", port))
+
+
+def metrics(url: str) -> dict[str, float]:
+    """``GET /metrics`` as ``{sample name with labels: value}``."""
+    response = httpx.get(f"{url}/metrics", timeout=TIMEOUT)
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+    samples = {}
+    for line in response.text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples
+
+
+def test_metrics_count_requests_errors_latency_and_batches_of_up_to_max_batch_size(server: tuple) -> None:
+    url, _ = server
+    before = metrics(url)
+    assert predict(url, b"not an image").status_code == 415
+    with ThreadPoolExecutor(max_workers=16) as pool:  # concurrent: dynamic batching gathers them
+        answers = list(pool.map(lambda _: predict(url, png()).status_code, range(48)))
+    assert answers == [200] * 48
+    deadline = time.monotonic() + 60  # the logger process records batches a moment after they ran
+    while True:
+        after = metrics(url)
+        batches = after.get("project_batch_size_count", 0) - before.get("project_batch_size_count", 0)
+        images = after.get("project_batch_size_sum", 0) - before.get("project_batch_size_sum", 0)
+        if images >= 48 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert images == 48  # every image went through a logged model call
+    singles = after['project_batch_size_bucket{le="1.0"}'] - before.get('project_batch_size_bucket{le="1.0"}', 0)
+    assert batches - singles > 0, "no batch held more than one image: --max_batch_size 4 was not used"
+    above_four = after["project_batch_size_count"] - after['project_batch_size_bucket{le="4.0"}']
+    assert above_four == 0, "a batch held more than --max_batch_size 4"
+
+    def grew(name: str) -> float:
+        return after.get(name, 0) - before.get(name, 0)
+
+    assert grew('project_requests_total{status="200"}') >= 48
+    assert grew('project_requests_total{status="415"}') >= 1
+    assert grew('project_request_errors_total{status="415"}') >= 1
+    assert grew("project_request_seconds_count") >= 49 and grew("project_request_seconds_sum") > 0

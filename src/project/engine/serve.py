@@ -32,6 +32,7 @@ from project.engine.errors import UserError, first_line
 from project.engine.inputs import EmptyImage, ImageTooLarge, NotAnImage, bytes_input, saved_preprocessing
 from project.engine.options import check_gpu
 from project.engine.serve_http import DEFAULT_MAX_BODY_SIZE, PageAndRawImages
+from project.engine.serve_metrics import BATCH_SIZE, MetricsLogger, metrics_folder
 from project.engine.trust import CheckpointLimits
 
 try:
@@ -96,6 +97,7 @@ class ClassifierAPI(LitAPI):
 
     def predict(self, images: Tensor) -> Tensor:
         single = images.ndim == 3  # without batching (--max_batch_size 1) LitServe passes one input
+        self.log(BATCH_SIZE, 1 if single else len(images))  # GET /metrics' batch-size histogram
         images = (images[None] if single else images).to(self.device, non_blocking=True)
         with torch.inference_mode():
             probabilities = self.served.network(images).float().softmax(dim=-1).cpu()
@@ -182,6 +184,11 @@ def _main(argv: list[str]) -> int:
     max_body_size = trust.parse_size(args.max_body_size, "--max_body_size")
     load_served(args.ckpt, limits=limits)  # a bad file is one line here, before any worker starts
     api = ClassifierAPI(args.ckpt, args.topk, args.max_batch_size, args.batch_timeout, limits)
+    with metrics_folder():
+        return _serve(args, api, max_body_size)
+
+
+def _serve(args: Any, api: ClassifierAPI, max_body_size: int) -> int:
     devices = args.devices if args.devices == "auto" else int(args.devices)
     server = LitServer(
         api,
@@ -191,8 +198,11 @@ def _main(argv: list[str]) -> int:
         timeout=args.timeout,
         middlewares=[(PageAndRawImages, {"max_body_size": max_body_size})],
         restart_workers=True,  # a worker that dies anyway (a native crash) is replaced; the others serve meanwhile
+        loggers=[MetricsLogger()],  # GET /metrics
     )
-    print(f"serving {args.ckpt} on http://{args.host}:{args.port}/ (POST /predict, GET /health)", flush=True)
+    print(
+        f"serving {args.ckpt} on http://{args.host}:{args.port}/ (POST /predict, GET /health, GET /metrics)", flush=True
+    )
     # SIGTERM (kill, a supervisor, a container stop) ends the server as Ctrl+C does: LitServe's shutdown stops its
     # API servers, workers and manager; by default SIGTERM ends this process alone and leaves them serving the port.
     stopped_by: list[int] = []

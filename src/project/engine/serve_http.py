@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 
 from project.engine.errors import first_line
+from project.engine.serve_metrics import METRICS_PATH, observe_request
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -64,9 +66,24 @@ class PageAndRawImages:
         if method == "GET" and path == "/":
             await _respond(send, 200, self.page, "text/html; charset=utf-8")
             return
+        if path == METRICS_PATH:  # mounted (LitServe's logger API) at /metrics/, which would redirect /metrics
+            scope = {**scope, "path": METRICS_PATH + "/", "raw_path": (METRICS_PATH + "/").encode()}
         if method != "POST" or path != PREDICT_PATH:
             await self.app(scope, receive, send)
             return
+        started, status = time.perf_counter(), [500]
+
+        async def send_and_count(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.predict(scope, receive, send_and_count)
+        finally:
+            observe_request(status[0], time.perf_counter() - started)
+
+    async def predict(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             image = await self.image(scope, receive)
         except BadRequest as refused:
