@@ -73,3 +73,15 @@ def test_frozen_features_true_is_refused_where_the_model_trains_more_than_its_he
     args = [*TINY, "--model", "resnet", "--model.finetune", "all", "--data.root", str(data_root)]
     assert main([*args, "--frozen_features", "true"]) == 2
     assert "--frozen_features true: the model trains more than its head" in capsys.readouterr().err
+
+
+def test_auto_trains_through_the_backbone_where_workers_decode_the_images(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, folder_root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    args = [*TINY, "--model", "resnet", "--data", "folder", "--data.root", str(folder_root)]
+    args += ["--data.image_size", "32", "--data.cache", "never", "--data.num_workers", "0"]
+    assert main([*args, "--run_dir", "auto"]) == 0
+    assert "computed once" not in capsys.readouterr().out
+    assert main([*args, "--run_dir", "true", "--frozen_features", "true"]) == 2
+    assert "does not hold its images in memory" in capsys.readouterr().err

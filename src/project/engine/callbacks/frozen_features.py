@@ -36,7 +36,8 @@ def unusable_reason(model: L.LightningModule, datamodule: Any) -> str | None:
     head = getattr(model, "frozen_head", lambda: None)()
     if not isinstance(head, nn.Module):
         return "the model trains more than its head (or has no frozen_head)"
-    if not isinstance(getattr(datamodule, "splits", None), dict) or not hasattr(datamodule, "eval_inputs"):
+    splits = getattr(datamodule, "splits", None)  # filled by setup, which Lightning runs before on_fit_start
+    if not isinstance(splits, dict) or "train" not in splits or not hasattr(datamodule, "eval_inputs"):
         return "the data module does not hold its images in memory"
     return None
 
@@ -58,9 +59,7 @@ class FrozenFeatures(L.Callback):
             return
         head = pl_module.frozen_head()
         started = time.perf_counter()
-        for split in SPLITS:
-            if split not in datamodule.splits:
-                datamodule.setup("fit")
+        for split in [split for split in SPLITS if split in datamodule.splits]:  # no val split with val_size 0
             images, labels = datamodule.splits[split]
             features = self._features(trainer, pl_module, datamodule, images, head)
             self._saved[split] = (images, labels)
@@ -70,7 +69,7 @@ class FrozenFeatures(L.Callback):
         self._active = True
         skipped = datamodule.random_training_options()
         note = f"; not applied to them: {', '.join(skipped)} (--frozen_features false applies them)" if skipped else ""
-        count = sum(len(self._saved[split][1]) for split in SPLITS)
+        count = sum(len(labels) for _, labels in self._saved.values())
         if trainer.is_global_zero:
             print(
                 f"frozen backbone: features of {count} images computed once in {time.perf_counter() - started:.1f} s, "
