@@ -19,7 +19,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from project.engine.api import Batch, Preprocessing
 from project.models.metrics import TrainingMeans
-from project.models.recipe import (
+from project.models.optimization import (
     OptimizerName,
     SchedulerName,
     fit_cosine_schedules,
@@ -109,6 +109,12 @@ class ImageClassifier(L.LightningModule):
 
         The command line asks it: ``--data.image_size auto`` and ``--data.normalize auto`` become what it returns.
         """
+        return None
+
+    def frozen_head(self) -> nn.Module | None:
+        """The network's last layer when every layer before it is a fixed function in training (frozen, BatchNorm in
+        evaluation mode, no dropout), else ``None`` (the default). The engine may then compute what enters it once
+        per image and train it on that (``--frozen_features``)."""
         return None
 
     def forward(self, images: Tensor) -> Tensor:
