@@ -139,6 +139,9 @@ def test_the_api_key_is_litserves_x_api_key(server: tuple) -> None:
     url, _ = server
     assert predict(url, png(), headers={"Content-Type": "image/png"}).status_code == 401
     assert predict(url, png(), headers={"Content-Type": "image/png", "X-API-Key": "wrong"}).status_code == 401
+    # refused before its body is read: not the 413 of a key-holder's oversized body
+    assert predict(url, b"\0" * (2 * 10**6), headers={"Content-Type": "image/png"}).status_code == 401
+    assert predict(url, b"\0" * (2 * 10**6)).status_code == 413
     assert_serving(url)
 
 

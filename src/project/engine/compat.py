@@ -282,3 +282,11 @@ CHECKPOINT_PATH_FIELDS = ("best_model_path", "kth_best_model_path", "last_model_
 CHECKPOINT_DIR_FIELD = "dirpath"
 #: ``{path: score}`` of the kept top-k files, also restored and removed from.
 CHECKPOINT_TOP_K_FIELD = "best_k_models"
+
+
+def litserve_api_key() -> str | None:
+    """LitServe 0.2's API key: ``LIT_SERVER_API_KEY``, read once when ``litserve.server`` is imported; its endpoints
+    compare the ``X-API-Key`` header with it. The serving middleware checks it too, before it reads any body."""
+    from litserve import server
+
+    return server.LIT_SERVER_API_KEY

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hmac
 import json
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -27,6 +28,7 @@ from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 
+from project.engine import compat
 from project.engine.errors import first_line
 from project.engine.serve_metrics import METRICS_PATH, observe_request
 
@@ -57,6 +59,7 @@ class PageAndRawImages:
     def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], max_body_size: int = 32 * 10**6) -> None:
         self.app, self.max_body_size = app, max_body_size
         self.page = PAGE.read_bytes()
+        self.api_key = compat.litserve_api_key()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -85,6 +88,9 @@ class PageAndRawImages:
 
     async def predict(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
+            if self.api_key and not hmac.compare_digest(_header(scope, b"x-api-key"), self.api_key):
+                # LitServe checks the key too, but only after this middleware read the body: refuse before.
+                raise BadRequest(401, "Invalid API Key: pass the server's key in the X-API-Key header")
             image = await self.image(scope, receive)
         except BadRequest as refused:
             await _respond(send, refused.status, json.dumps({"detail": refused.detail}).encode(), "application/json")
