@@ -182,6 +182,7 @@ def _stop_and_wait(process, signum: int) -> int:  # noqa: ANN001
     return process.wait(timeout=30)
 
 
+@pytest.mark.slow  # two servers start and stop: about 30 s
 def test_sigterm_and_sigint_stop_every_process_and_free_the_port(checkpoint: Path, tmp_path: Path) -> None:
     port = free_port()
     for signum in (signal.SIGTERM, signal.SIGINT):
