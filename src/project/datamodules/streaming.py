@@ -17,11 +17,10 @@ from litdata import StreamingDataLoader, StreamingDataset
 from torch import Tensor
 
 from project.datamodules import shards
-from project.datamodules.base import ImageDataModule
+from project.datamodules.base import DEFAULT_IMAGE_SIZE, ImageDataModule
 from project.datamodules.images import DEFAULT_MAX_IMAGE_PIXELS, NotAnImage, decode_image_bytes
-from project.datamodules.presets import PresetName, build_preset, preset_preprocessing, sample_generator
+from project.datamodules.presets import build_preset, sample_generator
 from project.datamodules.scan_cache import cache_root
-from project.datamodules.transforms import Normalize
 from project.engine.api import (
     DEFAULT_LOADER_TIMEOUT,
     BoundedWait,
@@ -30,9 +29,6 @@ from project.engine.api import (
     loader_seed,
     worker_options,
 )
-
-#: The square size images are shaped to when neither ``image_size`` nor the data set (one size for all) says.
-DEFAULT_IMAGE_SIZE = 64
 
 
 class StreamedImages(StreamingDataset):
@@ -82,21 +78,21 @@ class StreamingDataModule(ImageDataModule):
         input_dir: The prepared data set: a directory, or ``s3://bucket/prefix``.
         image_size: The square size batches have; ``auto``: the pretrained weights' size on the command line, else
             the data set's own when all its images have one size (MNIST, CIFAR-10), else 64.
-        preset: ``squash`` or ``imagenet`` (:mod:`~project.datamodules.presets`).
         num_workers: Loader worker processes per rank, which fetch, decode and shape the images.
         cache_dir: Where remote shards are cached; default ``chunks`` in the template's cache (``~/.cache/project``).
         max_cache_size: The cache's bound, e.g. ``50GB``: the oldest shards are deleted beyond it.
         max_image_pixels: Refuse images with more pixels than this (possible decompression bombs).
         loader_timeout: Seconds to wait for one batch from the workers before the run stops with an error.
         **kwargs: Options of :class:`~project.datamodules.base.ImageDataModule` (``batch_size``, ``normalize``,
-            ``hflip``, ...).
+            ``hflip``, ``preset``, ...).
     """
+
+    presets = ("squash", "imagenet")
 
     def __init__(
         self,
         input_dir: str = "data/shards",
         image_size: int | Literal["auto"] | None = "auto",
-        preset: PresetName = "squash",
         num_workers: int = 2,
         cache_dir: str | None = None,
         max_cache_size: str = "50GB",
@@ -104,7 +100,6 @@ class StreamingDataModule(ImageDataModule):
         loader_timeout: float = DEFAULT_LOADER_TIMEOUT,
         **kwargs: Any,
     ) -> None:
-        build_preset(preset, True, 1)  # refuses an unknown name
         if "val_size" in kwargs:
             raise ValueError("a prepared data set's splits are fixed: choose val_size when running prepare_data.py")
         if num_workers < 0:
@@ -132,22 +127,16 @@ class StreamingDataModule(ImageDataModule):
         size = self.hparams.image_size or self.metadata.get("image_size") or DEFAULT_IMAGE_SIZE
         return (int(self.metadata["channels"]), size, size)
 
-    def preprocessing(self) -> dict[str, Any]:
-        return {**super().preprocessing(), **preset_preprocessing(self.hparams.preset, self.input_shape[1])}
-
     # ------------------------------------------------------------------ loading
-    def setup(self, stage: str) -> None:
+    def setup_samples(self, splits: tuple[str, ...]) -> None:
         allow_plain_http_endpoint()
         # Lightning warns that an iterable data set's length may be wrong with several workers: LitData gives each
         # worker its own shards, so the length is right.
         warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined", category=UserWarning)
-        wanted = {"fit": shards.SPLITS, "validate": ("val",), "test": ("test",)}.get(stage, ())
-        for split in wanted:
+        for split in splits:
             shards.check_split(self.input_dir, split)
-        stats = self.normalization()
-        self.normalizer = Normalize(*stats) if stats else None
 
-    def _loader(self, split: str, shuffle: bool) -> ShardLoader:
+    def sample_loader(self, split: str, shuffle: bool) -> ShardLoader:
         trainer = self.trainer
         batch_size = self.batch_size if split == "train" else self.eval_batch_size
         ranks, samples = (trainer.world_size if trainer else 1), self.metadata["splits"][split]
