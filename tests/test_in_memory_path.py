@@ -24,7 +24,7 @@ from torchvision import datasets, transforms
 
 from project.datamodules.cifar10 import CIFAR10DataModule
 from project.datamodules.mnist import MNISTDataModule
-from project.datamodules.transforms import BatchAugment, Normalize, RandomCropPadded
+from project.engine.data.transforms import BatchAugment, Normalize, RandomCropPadded
 from project.engine.loaders import InMemoryLoader
 
 MEAN, STD = 0.1307, 0.3081

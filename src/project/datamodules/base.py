@@ -4,7 +4,7 @@ Small data sets (MNIST, CIFAR-10) are parsed once into one ``uint8`` tensor per 
 :class:`InMemoryLoader`, which slices a shuffled index: no per-sample ``__getitem__``, no PIL, no collate.
 Every data module hands over ``uint8`` batches; on the device they become normalized, augmented floats, a whole
 batch at a time, and every step receives them as one :class:`~project.engine.api.Batch`
-(:class:`~project.datamodules.device_batches.DeviceBatches`).
+(:class:`~project.engine.data.device_batches.DeviceBatches`).
 """
 
 from __future__ import annotations
@@ -15,14 +15,21 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from project.datamodules.device_batches import DeviceBatches
-from project.datamodules.mixing import AutoAugmentName, BatchMixing, PerImagePolicy
-from project.datamodules.presets import PresetName, build_preset, preset_preprocessing
-from project.datamodules.transforms import BatchAugment, Normalize
 from project.engine.api import IMAGENET_STATS, INCEPTION_STATS, DataError, InMemoryLoader, loader_seed
+from project.engine.data import (
+    SPLITS,
+    AutoAugmentName,
+    BatchAugment,
+    BatchMixing,
+    DeviceBatches,
+    Normalize,
+    PerImagePolicy,
+    PresetName,
+    build_preset,
+    preset_preprocessing,
+)
 
 NormalizeMode = Literal["auto", "dataset", "imagenet", "inception", "none"]
-SPLITS = ("train", "val", "test")
 #: The splits each of Lightning's stages reads (``fit`` sets up the test split too: the run tests at its end).
 STAGE_SPLITS = {"fit": SPLITS, "validate": ("val",), "test": ("test",)}
 #: The square size images of their own sizes (a folder's, a prepared folder's) are shaped to when nothing says.
@@ -62,6 +69,8 @@ class ImageDataModule(DeviceBatches, L.LightningDataModule):
 
     #: The presets this data module can honour; any other is refused in ``__init__`` with one line.
     presets: tuple[str, ...] = ("squash",)
+    #: Init arguments ``prepare_data.py`` gives this data module (on top of the user's) to write its shards.
+    prepare_args: dict[str, Any] = {}
 
     #: Mean and standard deviation of the data set's pixels in [0, 1], per channel.
     dataset_stats: tuple[tuple[float, ...], tuple[float, ...]] = ((0.5,), (0.5,))

@@ -1,6 +1,6 @@
 """Your own images: :class:`FolderDataModule`, one folder per class, decoded and resized once, then served like
-MNIST (finding the files is in :mod:`~project.datamodules.files`, decoding them in :mod:`~project.datamodules.images`),
-or decoded in ``DataLoader`` workers every epoch (:mod:`~project.datamodules.folder_loading`).
+MNIST (finding the files is in :mod:`~project.engine.data.files`, decoding them in :mod:`~project.engine.data.images`),
+or decoded in ``DataLoader`` workers every epoch (:mod:`~project.engine.data.folder_loading`).
 """
 
 from __future__ import annotations
@@ -15,12 +15,22 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from project.datamodules.base import DEFAULT_IMAGE_SIZE, ImageDataModule
-from project.datamodules.files import SPLITS, Item, Scan, carve, extension_counts, scan_folder
-from project.datamodules.folder_loading import PresetImages, SkippedFiles, folder_loader
-from project.datamodules.images import DEFAULT_MAX_IMAGE_PIXELS, decode_files
-from project.datamodules.presets import build_preset
-from project.datamodules.scan_cache import decode_or_reuse
 from project.engine.api import DEFAULT_LOADER_TIMEOUT, DataError, loader_seed
+from project.engine.data import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    SPLITS,
+    Item,
+    PresetImages,
+    Scan,
+    SkippedFiles,
+    build_preset,
+    carve,
+    decode_files,
+    decode_or_reuse,
+    extension_counts,
+    folder_loader,
+    scan_folder,
+)
 
 #: Bad files listed in full in the warning or error; the rest are counted.
 _LISTED = 20
@@ -35,7 +45,7 @@ class FolderDataModule(ImageDataModule):
     folders. Splits without a folder are carved out of the training images per class (stratified), seeded by
     ``split_seed``, so every run sees the same split. Files and folders whose names start with a dot (and
     ``__MACOSX``) are ignored; so are files whose extension is not of a format Pillow reads (JPEG, PNG, TIFF, BMP,
-    GIF, WebP, ...: :func:`~project.datamodules.files.image_extensions`), which one warning counts at setup.
+    GIF, WebP, ...: :func:`~project.engine.data.files.image_extensions`), which one warning counts at setup.
 
     At setup every image is decoded, converted to ``image_channels`` and resized (squashed) to
     ``image_size`` × ``image_size``. Conversions are deliberate: transparent pixels are composited on white,
@@ -77,6 +87,8 @@ class FolderDataModule(ImageDataModule):
     """
 
     presets = ("squash", "imagenet")
+    #: Which files are usable, not their pixels: the shards keep the files.
+    prepare_args = {"cache": "never"}
 
     #: ``cache="auto"`` holds the decoded images in memory when they take fewer bytes than this.
     cache_max_bytes = 2 * 1024**3

@@ -18,21 +18,39 @@ import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+import lightning as L
 import torch
 from torchvision.io import encode_jpeg, encode_png
 from torchvision.transforms.v2 import functional as TF
 
-from project.datamodules import shards
-from project.datamodules.base import ImageDataModule
-from project.datamodules.folder import FolderDataModule
-from project.datamodules.images import decode_image_bytes
 from project.engine.configs import named_data_config, parse_overrides
+from project.engine.data import shards
+from project.engine.data.images import decode_image_bytes
 from project.engine.entrypoint import ArgumentParser, run_main
 from project.engine.errors import UserError, first_line
 from project.engine.options import import_class
 
+
+class SampleSource(Protocol):
+    """What this command needs of a data module (``ImageDataModule`` has it all): after ``setup("fit")``, its
+    in-memory ``splits`` as ``uint8`` tensors, or ``usable_files(split)``: ``(paths, labels)`` of image files to
+    store as they are; ``prepare_args``: init arguments it takes for a preparation (a folder's ``cache="never"``)."""
+
+    splits: dict[str, tuple[torch.Tensor, torch.Tensor]]
+    class_names: list[str]
+    native_shape: tuple[int, int, int]
+    dataset_stats: tuple[tuple[float, ...], tuple[float, ...]]
+    prepare_args: dict[str, Any]
+
+    def prepare_data(self) -> None: ...
+
+    def setup(self, stage: str) -> None: ...
+
+
+#: What :class:`SampleSource` asks of the class itself (``splits`` is set in ``__init__``).
+_CLASS_NEEDS = ("class_names", "native_shape", "dataset_stats", "prepare_args", "setup")
 #: Left in the output while it is written: a directory with it (and no ``dataset.json``) may be started over.
 PREPARING = ".preparing"
 
@@ -75,18 +93,18 @@ class PngBytes:
         return {"image": encode_png(self.images[index]).numpy().tobytes(), "label": int(self.labels[index])}
 
 
-def samples(datamodule: ImageDataModule, split: str, max_size: int | None = None) -> tuple[Any, list[Any]]:
+def samples(datamodule: SampleSource, split: str, max_size: int | None = None) -> tuple[Any, list[Any]]:
     """``(how to write a sample, the samples)`` of one split of a set-up data module."""
     if split in datamodule.splits:
         images, labels = datamodule.splits[split]
         return PngBytes(images.cpu(), labels.cpu()), list(range(len(labels)))
-    if isinstance(datamodule, FolderDataModule):
+    if hasattr(datamodule, "usable_files"):
         paths, labels = datamodule.usable_files(split)
         return FileBytes(max_size, datamodule.native_shape[0]), list(zip(paths, labels, strict=True))
     raise UserError(f"{type(datamodule).__name__} keeps no images in memory and is not an image folder")
 
 
-def metadata(datamodule: ImageDataModule, counts: dict[str, int], source: str, max_size: int | None) -> dict[str, Any]:
+def metadata(datamodule: SampleSource, counts: dict[str, int], source: str, max_size: int | None) -> dict[str, Any]:
     channels, height, width = datamodule.native_shape
     mean, std = datamodule.dataset_stats
     in_memory = all(split in datamodule.splits for split in shards.SPLITS)
@@ -123,7 +141,7 @@ def start_output(output: Path, overwrite: bool) -> None:
 
 
 def write(
-    datamodule: ImageDataModule, output: Path, source: str, num_workers: int, chunk_bytes: str, max_size: int | None
+    datamodule: SampleSource, output: Path, source: str, num_workers: int, chunk_bytes: str, max_size: int | None
 ) -> dict:
     from litdata import optimize  # LitData writes the shards: one process per core, a progress bar
 
@@ -190,9 +208,12 @@ def _main(argv: list[str]) -> int:
         raise UserError(f"--max_size must be a positive number of pixels, got {args.max_size}")
     class_path, init_args = named_data_config(args.data)
     init_args = {**init_args, **parse_overrides(rest)}
-    data_class = import_class(class_path, ImageDataModule, "data module")
-    if issubclass(data_class, FolderDataModule):
-        init_args["cache"] = "never"  # which files are usable, not their pixels: the shards keep the files
+    data_class = import_class(class_path, L.LightningDataModule, "data module")
+    missing = [name for name in _CLASS_NEEDS if not hasattr(data_class, name)]
+    if missing:
+        raise UserError(f"--data {args.data}: {class_path} has no {', '.join(missing)}: not an ImageDataModule?")
+    # e.g. a folder's cache "never": which files are usable, not their pixels; the shards keep the files
+    init_args.update(data_class.prepare_args)
     try:
         datamodule = data_class(**init_args)
     except (TypeError, ValueError) as error:

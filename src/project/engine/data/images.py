@@ -20,8 +20,8 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms.v2 import functional as TF
 
-from project.datamodules.files import image_extensions
 from project.engine.api import DEFAULT_LOADER_TIMEOUT, BoundedWait, DataError, first_line, worker_options
+from project.engine.data.files import image_extensions
 
 #: PIL's default limit on width × height (``PIL.Image.MAX_IMAGE_PIXELS``): about a 9459 × 9459 image.
 DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
