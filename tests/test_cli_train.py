@@ -24,6 +24,13 @@ def test_short_names_come_from_configs() -> None:
     assert set(short_names("data")) >= {"mnist", "cifar10", "folder"}
 
 
+def test_every_model_config_has_one_shape() -> None:
+    # The model and, where it has them, the trainer settings that go with it: what the README shows a user.
+    for name, path in short_names("model").items():
+        config = yaml.safe_load(path.read_text())
+        assert set(config) <= {"model", "trainer"} and "class_path" in config["model"], name
+
+
 def test_default_data_follows_the_model() -> None:
     resnet = expand_args(["--model", "resnet"])
     assert resnet[resnet.index("--data") + 1].endswith("cifar10.yaml")

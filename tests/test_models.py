@@ -22,7 +22,7 @@ from project.datamodules import MNISTDataModule
 from project.engine.cli import main
 from project.engine.options import model_preprocessing, resolve_normalize
 from project.models import CNN, MLP, DeepNet, ResNet
-from project.models.recipe import CosineSchedule
+from project.models.optimization import CosineSchedule
 
 
 def _layers(model: nn.Module, kind: type[nn.Module]) -> list[nn.Module]:

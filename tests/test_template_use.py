@@ -21,30 +21,18 @@ from project.engine import evaluate, predict
 from project.engine.cli import main
 from project.engine.configs import short_names
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+REPO = Path(__file__).resolve().parents[1]
 
 
 def readme_file(name: str) -> str:
-    """The code block of README.md's "Start your own project" that begins with ``# <name>``: the test runs it."""
-    section = README.read_text().split("## Start your own project", 1)[1].split("\n## ", 1)[0]
-    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)
+    """The code block that begins with ``# <name>`` in README.md's "Start your own project" or in
+    docs/own-project.md: the test runs the files as the user reads them."""
+    readme = (REPO / "README.md").read_text().split("## Start your own project", 1)[1].split("\n## ", 1)[0]
+    text = readme + (REPO / "docs" / "own-project.md").read_text()
+    blocks = re.findall(r"```(?:python|yaml)\n(.*?)```", text, flags=re.DOTALL)
     (code,) = [block for block in blocks if block.startswith(f"# {name}\n")]
     return code
 
-
-TINY_YAML = """
-class_path: my_models.TinyNet
-init_args:
-  width: 12
-  lr: 0.02
-"""
-
-STRIPES_YAML = """
-class_path: my_data.StripesDataModule
-init_args:
-  batch_size: 32
-  val_size: 0.2
-"""
 
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 
@@ -58,8 +46,8 @@ def project_folder(tmp_path: Path) -> Path:
     (tmp_path / "my_pretrained.py").write_text(readme_file("my_pretrained.py"))
     (tmp_path / "configs" / "model").mkdir(parents=True)
     (tmp_path / "configs" / "data").mkdir(parents=True)
-    (tmp_path / "configs" / "model" / "tiny.yaml").write_text(TINY_YAML.lstrip())
-    (tmp_path / "configs" / "data" / "stripes.yaml").write_text(STRIPES_YAML.lstrip())
+    (tmp_path / "configs" / "model" / "tiny.yaml").write_text(readme_file("configs/model/tiny.yaml"))
+    (tmp_path / "configs" / "data" / "stripes.yaml").write_text(readme_file("configs/data/stripes.yaml"))
     return tmp_path
 
 

@@ -19,7 +19,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from project.engine.api import Batch, Preprocessing
 from project.models.metrics import TrainingMeans
-from project.models.recipe import (
+from project.models.optimization import (
     OptimizerName,
     SchedulerName,
     fit_cosine_schedules,
