@@ -89,6 +89,7 @@ class StreamingDataModule(ImageDataModule):
         batch_size = self.batch_size if split == "train" else self.eval_batch_size
         return shard_loader(
             self.input_dir,
+            self.metadata,
             split,
             preset,
             self.input_shape,

@@ -141,17 +141,28 @@ def start_output(output: Path, overwrite: bool) -> None:
 
 
 def write(
-    datamodule: SampleSource, output: Path, source: str, num_workers: int, chunk_bytes: str, max_size: int | None
+    datamodule: SampleSource,
+    output: Path,
+    source: str,
+    num_workers: int,
+    chunk_bytes: str,
+    max_size: int | None,
+    seed: int,
 ) -> dict:
     from litdata import optimize  # LitData writes the shards: one process per core, a progress bar
 
-    counts = {}
+    counts, checksums = {}, {}
     for split in shards.SPLITS:
         sample, inputs = samples(datamodule, split, max_size)
         counts[split] = len(inputs)
+        # A seeded random order: LitData's shuffle mixes the shards' order and only a window of samples, so shards
+        # in the data set's own (class) order would give batches of a few classes. The same data and seed give the
+        # same shards.
+        order = torch.randperm(len(inputs), generator=torch.Generator().manual_seed(seed)).tolist()
+        inputs = [inputs[i] for i in order]
         if inputs:
             workers = max(1, min(num_workers, len(inputs)))
-            # keep_data_ordered: each worker gets a fixed share, so the same data always gives the same shards;
+            # keep_data_ordered: each worker gets a fixed share, so the same inputs always give the same shards;
             # fork: the workers start at once instead of importing torch again (spawn), and nothing here uses CUDA.
             optimize(
                 fn=sample,
@@ -163,12 +174,21 @@ def write(
                 keep_data_ordered=True,
                 start_method="fork",
             )
-    info = metadata(datamodule, counts, source, max_size)
+        checksums[split] = _checksums(output / split)
+    info = {**metadata(datamodule, counts, source, max_size), "seed": seed, "checksums": checksums}
     partial = output / (shards.METADATA + ".partial")
     partial.write_text(json.dumps(info, indent=1))
     os.replace(partial, output / shards.METADATA)  # last, and whole: now the data set trains
     (output / PREPARING).unlink()
     return info
+
+
+def _checksums(split_dir: Path) -> dict[str, str]:
+    """``{chunk file: SHA-256}`` of every chunk a split's ``index.json`` lists."""
+    if not (split_dir / shards.INDEX).exists():
+        return {}
+    chunks = json.loads((split_dir / shards.INDEX).read_text())["chunks"]
+    return {chunk["filename"]: shards.sha256_file(str(split_dir / chunk["filename"])) for chunk in chunks}
 
 
 def upload(local: Path, url: str, overwrite: bool) -> None:
@@ -197,6 +217,7 @@ def _main(argv: list[str]) -> int:
     parser.add_argument("--overwrite", action="store_true", help="Replace a data set already prepared there.")
     parser.add_argument("--num_workers", type=int, default=os.cpu_count() or 1, help="Processes writing shards.")
     parser.add_argument("--chunk_bytes", default="64MB", help="Size of each shard, e.g. 64MB.")
+    parser.add_argument("--seed", type=int, default=0, help="Seed of the samples' random order in the shards.")
     parser.add_argument(
         "--max_size",
         type=int,
@@ -221,15 +242,18 @@ def _main(argv: list[str]) -> int:
     datamodule.prepare_data()
     datamodule.setup("fit")
     source = f"--data {args.data}" + "".join(f" {token}" for token in rest)
+    settings = (args.num_workers, args.chunk_bytes, args.max_size, args.seed)
     if shards.is_remote(args.output):
         with tempfile.TemporaryDirectory(prefix="prepare_data-") as staging:
             start_output(Path(staging), overwrite=False)
-            info = write(datamodule, Path(staging), source, args.num_workers, args.chunk_bytes, args.max_size)
+            info = write(
+                datamodule, Path(staging), source, args.num_workers, args.chunk_bytes, args.max_size, args.seed
+            )
             upload(Path(staging), args.output, args.overwrite)
     else:
         output = Path(args.output)
         start_output(output, args.overwrite)
-        info = write(datamodule, output, source, args.num_workers, args.chunk_bytes, args.max_size)
+        info = write(datamodule, output, source, *settings)
     counts = ", ".join(f"{count} {split}" for split, count in info["splits"].items())
     print(f"wrote {args.output}: {counts} images of {len(info['class_names'])} classes")
     return 0

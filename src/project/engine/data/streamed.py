@@ -14,6 +14,7 @@ import torch
 from litdata import StreamingDataLoader, StreamingDataset
 from torch import Tensor
 
+from project.engine import compat
 from project.engine.api import BoundedWait, DataError, allow_plain_http_endpoint, loader_seed, worker_options
 from project.engine.data import shards
 from project.engine.data.images import NotAnImage, decode_image_bytes
@@ -57,6 +58,7 @@ class ShardLoader(BoundedWait, StreamingDataLoader):
 
 def shard_loader(
     input_dir: str,
+    metadata: dict[str, Any],
     split: str,
     preset: Preset,
     shape: tuple[int, int, int],
@@ -69,9 +71,10 @@ def shard_loader(
     cache_dir: str | None,
     max_cache_size: str,
 ) -> ShardLoader:
-    """The loader of one split of the prepared data set at ``input_dir``: shuffled by the run's seed to ``train``,
-    in order otherwise; remote shards cached in ``cache_dir`` (default: ``chunks`` in :func:`cache_root`)."""
-    ranks, samples = (trainer.world_size if trainer else 1), shards.read_metadata(input_dir)["splits"][split]
+    """The loader of one split of the prepared data set at ``input_dir`` (``metadata``: its ``dataset.json``):
+    shuffled by the run's seed to ``train``, in order otherwise; remote shards cached in ``cache_dir`` (default:
+    ``chunks`` in :func:`cache_root`); each shard checked against its recorded SHA-256 when a worker first reads it."""
+    ranks, samples = (trainer.world_size if trainer else 1), metadata["splits"][split]
     if samples < ranks * batch_size:  # LitData deals out whole batches: some rank would get none
         flag = "batch_size" if split == "train" else "eval_batch_size"
         raise DataError(
@@ -79,8 +82,10 @@ def shard_loader(
             f"over {ranks} rank(s): at most {samples // ranks}"
         )
     seed = loader_seed()
+    split_url = shards.join(input_dir, split)
+    checksums = shards.ShardChecksums(split_url, metadata["checksums"][split])
     dataset = StreamedImages(
-        shards.join(input_dir, split),
+        split_url,
         preset,
         shape[0],
         max_image_pixels,
@@ -91,6 +96,7 @@ def shard_loader(
         drop_last=None if train else False,
         cache_dir=(cache_dir or str(cache_root() / "chunks")) if shards.is_remote(input_dir) else None,
         max_cache_size=max_cache_size,
+        item_loader=compat.CheckedChunkLoader(checksums),
     )
     loader = ShardLoader(
         dataset,
