@@ -12,10 +12,15 @@ the next run of this command starts over.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import multiprocessing
 import os
+import re
 import shutil
+import signal
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -164,16 +169,26 @@ def write(
             workers = max(1, min(num_workers, len(inputs)))
             # keep_data_ordered: each worker gets a fixed share, so the same inputs always give the same shards;
             # fork: the workers start at once instead of importing torch again (spawn), and nothing here uses CUDA.
-            optimize(
-                fn=sample,
-                inputs=inputs,
-                output_dir=str(output / split),
-                chunk_bytes=chunk_bytes,
-                num_workers=workers,
-                mode="overwrite",
-                keep_data_ordered=True,
-                start_method="fork",
-            )
+            try:
+                optimize(
+                    fn=sample,
+                    inputs=inputs,
+                    output_dir=str(output / split),
+                    chunk_bytes=chunk_bytes,
+                    num_workers=workers,
+                    mode="overwrite",
+                    keep_data_ordered=True,
+                    start_method="fork",
+                )
+            except RuntimeError as error:  # LitData reports a writer's failure as its traceback in a RuntimeError
+                refused = _write_refused(error)
+                if refused is None:
+                    raise
+                _end_writers()
+                raise WriteRefused(
+                    f"cannot write the shards of {output / split}: {refused} (disk full, quota or file-size limit?); "
+                    f"{output} holds no data set that trains: free space and run prepare_data.py again"
+                ) from None
         checksums[split] = _checksums(output / split)
     info = {**metadata(datamodule, counts, source, max_size), "seed": seed, "checksums": checksums}
     partial = output / (shards.METADATA + ".partial")
@@ -181,6 +196,57 @@ def write(
     os.replace(partial, output / shards.METADATA)  # last, and whole: now the data set trains
     (output / PREPARING).unlink()
     return info
+
+
+class WriteRefused(UserError):
+    """The system refused to store a shard: no mistake of the user's, so exit code 1 (one line all the same)."""
+
+    exit_code = 1
+
+
+def _end_writers() -> None:
+    """End the processes ``optimize`` forked: after a failed write it raises, and leaves the other writers and their
+    helpers (forked by the writers, orphaned when these exit) waiting on their queues for good. They are the forks of
+    this very command: its process group and its command line."""
+    for child in multiprocessing.active_children():
+        child.terminate()
+    forks = _forks_of_this_process()
+    for pid in forks:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 5
+    while forks and time.monotonic() < deadline:
+        time.sleep(0.05)
+        forks = _forks_of_this_process()
+    for pid in forks:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    for child in multiprocessing.active_children():
+        child.join(5)
+
+
+def _forks_of_this_process() -> list[int]:
+    """Processes of this process group running this process's command line, other than this one (Linux's /proc;
+    nothing elsewhere)."""
+    try:
+        own, group = Path("/proc/self/cmdline").read_bytes(), os.getpgrp()
+        pids = [int(name) for name in os.listdir("/proc") if name.isdigit() and int(name) != os.getpid()]
+    except OSError:
+        return []
+    found = []
+    for pid in pids:
+        try:
+            if os.getpgid(pid) == group and Path(f"/proc/{pid}/cmdline").read_bytes() == own:
+                found.append(pid)
+        except OSError:  # ended meanwhile, or not ours to look at
+            continue
+    return found
+
+
+def _write_refused(error: BaseException) -> str | None:
+    """``[Errno 27] File too large``: the refused write in the writers' traceback that ``optimize`` raises, if any."""
+    found = re.findall(r"^(?:OSError|IOError): (\[Errno \d+\] .*)$", str(error), flags=re.MULTILINE)
+    return found[-1] if found else None
 
 
 def _checksums(split_dir: Path) -> dict[str, str]:
