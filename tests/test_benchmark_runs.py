@@ -68,3 +68,15 @@ def test_gpu_measurements_run_end_to_end_on_cpu(tmp_path: Path, data_root: Path)
     assert gpu.peak_tflops("NVIDIA H100 PCIe", None) == 756
     assert gpu.peak_tflops("NVIDIA A100-SXM4-80GB", None) == 312
     assert gpu.peak_tflops("Unknown GPU", None) is None and gpu.peak_tflops("Unknown", 100.0) == 100.0
+
+
+@pytest.mark.slow
+def test_main_job_benchmark_runs_every_way(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks import main_job
+
+    out = tmp_path / "main_job.json"
+    assert main_job.main(["--train_images", "40", "--test_images", "16", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [row["way"] for row in rows] == list(main_job.WAYS)
+    assert all(row["two_epochs_s"] > 0 and row["one_epoch_s"] > 0 for row in rows)
+    assert "224 px, features once" in capsys.readouterr().out

@@ -111,25 +111,36 @@ def test_lightning_still_warns_about_leafspec_and_the_filter_silences_only_that(
 
 
 def test_lightning_still_advertises_litlogger_and_the_filter_drops_only_that(caplog: pytest.LogCaptureFixture) -> None:
-    logger = logging.getLogger(compat.RANK_ZERO_LOGGER)
-    saved = list(logger.filters)
-    try:
-        for item in saved:
-            logger.removeFilter(item)
-        with caplog.at_level(logging.INFO, logger=compat.RANK_ZERO_LOGGER):
-            L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
-        assert any(compat.LITLOGGER_TIP in record.getMessage() for record in caplog.records)
+    loggers = [logging.getLogger(name) for name in (compat.RANK_ZERO_LOGGER, compat.SEED_LOGGER)]
+    saved = [list(logger.filters) for logger in loggers]
+
+    def start_up() -> list[str]:
         caplog.clear()
-        compat.quiet_lightning_notices()
-        with caplog.at_level(logging.INFO, logger=compat.RANK_ZERO_LOGGER):
+        with (
+            caplog.at_level(logging.INFO, logger=compat.RANK_ZERO_LOGGER),
+            caplog.at_level(logging.INFO, logger=compat.SEED_LOGGER),
+        ):
+            L.seed_everything(3)
             L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
-        messages = [record.getMessage() for record in caplog.records]
-        assert messages and not any(compat.LITLOGGER_TIP in message for message in messages)  # others still pass
+        return [record.getMessage() for record in caplog.records]
+
+    try:
+        for logger, filters in zip(loggers, saved, strict=True):
+            for item in filters:
+                logger.removeFilter(item)
+        messages = start_up()
+        assert any(compat.LITLOGGER_TIP in message for message in messages)
+        assert all(any(m.startswith(chatter) for m in messages) for chatter in ("TPU available:", "Seed set to "))
+        compat.quiet_lightning_notices()
+        messages = start_up()
+        assert not any(
+            compat.LITLOGGER_TIP in message or message.startswith(compat.STARTUP_CHATTER) for message in messages
+        )
+        assert any(message.startswith("GPU available:") for message in messages)  # where the run trains: kept
     finally:
-        for item in list(logger.filters):
-            logger.removeFilter(item)
-        for item in saved:
-            logger.addFilter(item)
+        for logger in loggers:
+            for item in list(logger.filters):
+                logger.removeFilter(item)
 
 
 @pytest.mark.parametrize(

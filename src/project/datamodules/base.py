@@ -47,8 +47,9 @@ class ImageDataModule(DeviceBatches, L.LightningDataModule):
         split_seed: Seed of the train/validation split; fixed so every run sees the same split.
         normalize: ``dataset`` (the data set's statistics), ``imagenet``, ``inception`` (0.5) or ``none``; ``auto``
             is ``dataset`` here, and the command line makes it what a model's pretrained weights expect.
-        image_size: Resize images to this square size (e.g. 224 for ImageNet models); ``None`` keeps the size;
-            ``auto`` is the pretrained weights' input size on the command line (``None`` here).
+        image_size: Resize images to this square size, on the device, after the training augmentation; ``None``
+            keeps the data's size; ``auto`` (the default): the input size the model's pretrained weights declare
+            (224 for ResNet-18: the command line resolves it), the data's own size for a model without them.
         crop_padding: Random crop with this zero padding (training only).
         hflip: Random horizontal flips (training only).
         rotation: Random rotation by up to this many degrees (training only).
@@ -85,7 +86,7 @@ class ImageDataModule(DeviceBatches, L.LightningDataModule):
         val_size: float = 0.1,
         split_seed: int = 0,
         normalize: NormalizeMode = "auto",
-        image_size: int | Literal["auto"] | None = None,
+        image_size: int | Literal["auto"] | None = "auto",
         crop_padding: int = 0,
         hflip: bool = False,
         rotation: float = 0.0,

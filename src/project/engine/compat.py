@@ -37,8 +37,13 @@ LEAF_SPEC_WARNING = r"`isinstance\(treespec, LeafSpec\)` is deprecated"
 SHORT_EPOCH_WARNING = r"The number of training batches \(\d+\) is smaller than the logging interval"
 #: Lightning 2.6 logs this advertisement for its cloud logger at every ``Trainer`` start.
 LITLOGGER_TIP = "try installing [litlogger]"
+#: Lightning 2.6's start-up lines that say nothing on this template's machines: accelerators it does not use (the
+#: GPU line stays: it says where the run trains) and the seed, which the run's config.yaml records.
+STARTUP_CHATTER = ("TPU available:", "HPU available:", "Seed set to ")
 #: The logger Lightning's rank-zero messages go through.
 RANK_ZERO_LOGGER = "lightning.pytorch.utilities.rank_zero"
+#: The logger of Lightning's ``seed_everything`` ("Seed set to 42").
+SEED_LOGGER = "lightning.fabric.utilities.seed"
 
 
 class FastHookBookkeeping:
@@ -94,16 +99,17 @@ def use_fused_kernel(optimizer: torch.optim.Optimizer) -> bool:
 
 class _WithoutLitLoggerTip(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        return LITLOGGER_TIP not in str(record.msg)
+        message = str(record.msg)
+        return LITLOGGER_TIP not in message and not message.startswith(STARTUP_CHATTER)
 
 
 def quiet_lightning_notices() -> None:
-    """Silence the notices Lightning prints at runs that are Lightning's to fix or say nothing (only these three)."""
+    """Silence the notices Lightning prints at runs that are Lightning's to fix or say nothing (only these)."""
     warnings.filterwarnings("ignore", message=LEAF_SPEC_WARNING, category=FutureWarning)
     warnings.filterwarnings("ignore", message=SHORT_EPOCH_WARNING)
-    logger = logging.getLogger(RANK_ZERO_LOGGER)
-    if not any(isinstance(f, _WithoutLitLoggerTip) for f in logger.filters):
-        logger.addFilter(_WithoutLitLoggerTip())
+    for logger in map(logging.getLogger, (RANK_ZERO_LOGGER, SEED_LOGGER)):
+        if not any(isinstance(f, _WithoutLitLoggerTip) for f in logger.filters):
+            logger.addFilter(_WithoutLitLoggerTip())
 
 
 def clips_like_clip_grad_norm(plugin: Precision) -> bool:

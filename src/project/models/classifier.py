@@ -111,6 +111,12 @@ class ImageClassifier(L.LightningModule):
         """
         return None
 
+    def frozen_head(self) -> nn.Module | None:
+        """The network's last layer when every layer before it is a fixed function in training (frozen, BatchNorm in
+        evaluation mode, no dropout), else ``None`` (the default). The engine may then compute what enters it once
+        per image and train it on that (``--frozen_features``)."""
+        return None
+
     def forward(self, images: Tensor) -> Tensor:
         return self.network(images)
 

@@ -16,6 +16,7 @@ from project.models.classifier import ImageClassifier
 
 #: Normalization layers with running statistics, which a frozen backbone keeps as pretrained.
 BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+DROPOUTS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
 
 
 class Transfer(ImageClassifier):
@@ -78,6 +79,15 @@ class Transfer(ImageClassifier):
         if str(weights).lower() == "none":
             return None
         return backbones.preferred_preprocessing(backbone)
+
+    def frozen_head(self) -> nn.Module | None:
+        """The head, while the backbone is frozen for the whole run and runs no dropout."""
+        if self.hparams.finetune != "head" or self.hparams.unfreeze_at_epoch is not None:
+            return None
+        # Dropout, and timm's DropPath/DropBlock (stochastic depth), draw at random in training.
+        if any(isinstance(m, DROPOUTS) or type(m).__name__.startswith("Drop") for m in self.backbone.modules()):
+            return None
+        return self.network.get_submodule(self.head_name)
 
     @property
     def backbone(self) -> nn.Module:

@@ -151,7 +151,8 @@ class ClassificationDashboard(Callback):
             return
         logits, targets = outputs["logits"], outputs["targets"]
         self._metrics[stage].update(logits, targets)
-        if self.num_samples:
+        # Only image batches are drawn (--frozen_features hands the head features instead).
+        if self.num_samples and tuple(batch[0].shape[1:]) == self._worst[stage].input_shape:
             self._worst[stage].update(batch[0], logits, targets)
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -15,6 +15,7 @@ import lightning as L
 from lightning.pytorch.callbacks import BatchSizeFinder, Callback, LearningRateFinder
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
+from project.engine.callbacks.frozen_features import FrozenFeatures
 from project.engine.errors import UserError
 from project.engine.filenames import escape_name
 from project.engine.options import import_class
@@ -50,6 +51,13 @@ def add_arguments(parser: Any) -> None:
     parser.add_argument(
         "--find_batch_size", type=bool, default=False, help="Find the largest batch size that fits (GPU only)."
     )
+    parser.add_argument(
+        "--frozen_features",
+        type=Literal["auto", "true", "false"],
+        default="auto",
+        help="Compute a frozen backbone's features once and train the head on them (auto: where the model and the "
+        "in-memory data allow; the training augmentation then does not apply).",
+    )
 
 
 def recipe_callbacks(config: Any, run_dir: Path, resumed: bool, on_gpu: bool) -> list[Callback]:
@@ -67,6 +75,8 @@ def recipe_callbacks(config: Any, run_dir: Path, resumed: bool, on_gpu: bool) ->
         callbacks.append(swa(config["swa_lrs"], config["swa_epoch_start"], config["swa_annealing_epochs"]))
     if config.get("find_lr", "no") != "no" and not resumed:  # a resumed run keeps the rate it was trained with
         callbacks.append(ReportingLRFinder(run_dir, config["find_lr"] == "apply", config.get("find_lr_steps", 100)))
+    if config.get("frozen_features", "auto") != "false":
+        callbacks.append(FrozenFeatures(config.get("frozen_features", "auto")))
     if config.get("find_batch_size"):
         if not on_gpu:
             raise UserError("--find_batch_size needs a GPU: on CPU the largest batch that fits is not the limit")

@@ -65,19 +65,32 @@ class DeviceBatches:
         size = self.input_shape[1:]
         resize = tuple(images.shape[-2:]) != size
         augment = self.augment if len(self.augment) > 0 and trainer is not None and trainer.training else None
-        if augment is not None and not resize and augment.only_moves_pixels:
+        if augment is not None and augment.only_moves_pixels:
             # Crops and flips only move pixels: on the uint8 batch they move a quarter of the bytes, same result.
             images, augment = augment(images), None
         if not resize and augment is None and self.normalizer is not None:
             # uint8 → normalized float32 in the network's memory layout, in one pass over the batch.
             return self.normalizer.from_uint8(images, memory_format)
         images = images.float().div_(255)
+        if augment is not None:  # at the data's own size, as without resizing (CIFAR's 4 px padding stays 4 px)
+            images = augment(images)
         if resize:
             # Antialiasing changes only shrinking; enlarging (CIFAR to 224 px) gives the same values without it.
             shrink = any(new < old for new, old in zip(size, images.shape[-2:], strict=True))
             images = F.interpolate(images, size=size, mode="bilinear", antialias=shrink, align_corners=False)
-        if augment is not None:
-            images = augment(images)
         if self.normalizer is not None:
             return self.normalizer(images, memory_format)
         return images.contiguous(memory_format=memory_format)
+
+    def eval_inputs(self, images: Tensor) -> Tensor:
+        """A ``uint8`` batch on the device → the network's input as validation and test see it (no augmentation)."""
+        return self._network_input(images, None)
+
+    def random_training_options(self) -> list[str]:
+        """The training options in effect that draw at random (augmentation and mixing), by flag name."""
+        hp = self.hparams
+        options = ["crop_padding", "hflip", "rotation", "color_jitter", "random_erasing", "mixup", "cutmix"]
+        drawn = [f"--data.{name}" for name in options if hp.get(name)]
+        if hp.get("auto_augment", "none") != "none":
+            drawn.append("--data.auto_augment")
+        return drawn
