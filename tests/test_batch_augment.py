@@ -9,7 +9,7 @@ import pytest
 import torch
 from torchvision.transforms.v2 import functional as TF
 
-from project.datamodules.transforms import ColorJitter, RandomCropPadded, RandomHorizontalFlip, RandomRotation
+from project.engine.data.transforms import ColorJitter, RandomCropPadded, RandomHorizontalFlip, RandomRotation
 
 # ---------------------------------------------------------------------------------------------- augmentation
 # The comparisons with torchvision run on the CPU here, and on a GPU (the device training augments on) where there is

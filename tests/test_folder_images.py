@@ -12,7 +12,7 @@ from PIL import Image
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
-from project.datamodules.images import FolderImageDataset, load_image
+from project.engine.data.images import FolderImageDataset, load_image
 from project.engine.errors import DataError
 
 

@@ -18,9 +18,9 @@ from test_resume import DEEPNET, _run, _straight_and_interrupted, assert_same_tr
 from torch.utils.data import DataLoader, DistributedSampler
 
 from project.datamodules.folder import FolderDataModule
-from project.datamodules.folder_loading import FolderTrainLoader
-from project.datamodules.images import load_image
-from project.datamodules.presets import build_preset, sample_generator
+from project.engine.data.folder_loading import FolderTrainLoader
+from project.engine.data.images import load_image
+from project.engine.data.presets import build_preset, sample_generator
 
 SIZE = 16
 SEED = 5

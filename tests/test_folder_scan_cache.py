@@ -1,5 +1,5 @@
 """Folders too large for memory: what setup's decoding pass learned is kept between runs while the files are
-unchanged (project.datamodules.scan_cache), outside the data root, and the second run decodes nothing at setup."""
+unchanged (project.engine.data.scan_cache), outside the data root, and the second run decodes nothing at setup."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import pytest
 import torch
 from fakedata import write_image_folder
 
-from project.datamodules import FolderDataModule, scan_cache
+from project.datamodules import FolderDataModule
+from project.engine.data import scan_cache
 
 
 def _setup(root: Path) -> FolderDataModule:

@@ -15,15 +15,15 @@ from fakedata import write_image_folder
 from folder_helpers import _module
 
 from project.datamodules.folder import FolderDataModule
-from project.datamodules.folder_loading import (
+from project.engine.cli import main
+from project.engine.data.folder_loading import (
     FolderEvalLoader,
     FolderTrainLoader,
     PresetImages,
     SkippedFiles,
     collate_kept,
 )
-from project.datamodules.presets import Squash
-from project.engine.cli import main
+from project.engine.data.presets import Squash
 from project.engine.errors import DataError
 
 

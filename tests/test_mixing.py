@@ -16,9 +16,9 @@ from lightning.pytorch.plugins.precision import Precision
 from scipy import stats
 
 from project.datamodules import MNISTDataModule
-from project.datamodules.mixing import BatchMixing
 from project.engine.api import Batch
 from project.engine.cli import main as train
+from project.engine.data.mixing import BatchMixing
 from project.models import MLP
 
 

@@ -1,4 +1,4 @@
-"""The presets of project.datamodules.presets, with torchvision as the oracle: the same pixels as its transforms on
+"""The presets of project.engine.data.presets, with torchvision as the oracle: the same pixels as its transforms on
 the same tensor, the same crop boxes as its RandomResizedCrop from the same random stream."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 from torchvision.transforms import RandomResizedCrop, v2
 
-from project.datamodules.images import decode_image_bytes
-from project.datamodules.presets import RandomResizedCropFlip, build_preset, sample_generator
+from project.engine.data.images import decode_image_bytes
+from project.engine.data.presets import RandomResizedCropFlip, build_preset, sample_generator
 
 
 def _image(height: int = 375, width: int = 500, seed: int = 0) -> torch.Tensor:

@@ -15,45 +15,86 @@ import pytest
 import yaml
 
 from project.engine import api
+from project.engine import data as data_api
 
 SOURCE = Path(__file__).resolve().parents[1] / "src" / "project"
 RECIPE_PACKAGES = ("models", "datamodules", "callbacks")
+PROJECT_PACKAGES = tuple(f"project.{path.name}" for path in SOURCE.iterdir() if (path / "__init__.py").exists())
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
-def engine_imports(path: Path) -> list[tuple[int, str, str]]:
-    """``(line, module, name)`` of every ``project.engine`` import in a file (``name`` empty for ``import X``)."""
+def module_name(path: Path) -> str:
+    """``project.engine.cli`` for ``src/project/engine/cli.py`` (a package's ``__init__.py`` is the package)."""
+    parts = path.relative_to(SOURCE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports(path: Path) -> list[tuple[int, str, str]]:
+    """``(line, absolute module, name)`` of every import in a file (``name`` empty for ``import X``); relative imports
+    resolved against the file's package, and ``from project import engine`` read as the module ``project.engine``."""
+    package = module_name(path) if path.name == "__init__.py" else module_name(path).rpartition(".")[0]
     found = []
     for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-        if isinstance(node, ast.ImportFrom) and node.module is not None and node.level == 0:
-            if node.module == "project" and any(alias.name == "engine" for alias in node.names):
-                found.append((node.lineno, "project", "engine"))
-            elif node.module.startswith("project.engine"):
-                found += [(node.lineno, node.module, alias.name) for alias in node.names]
+        if isinstance(node, ast.ImportFrom):
+            base = package.split(".")[: len(package.split(".")) - node.level + 1] if node.level else []
+            module = ".".join([*base, *([node.module] if node.module else [])])
+            for alias in node.names:
+                # ``from project import engine`` / ``from . import shards``: the name may be a module itself.
+                if module in ("project", *PROJECT_PACKAGES) or node.module is None:
+                    found.append((node.lineno, f"{module}.{alias.name}", ""))
+                else:
+                    found.append((node.lineno, module, alias.name))
         elif isinstance(node, ast.Import):
-            found += [(node.lineno, alias.name, "") for alias in node.names if alias.name.startswith("project.engine")]
-    return found
+            found += [(node.lineno, alias.name, "") for alias in node.names]
+    return [entry for entry in found if entry[1] == "project" or entry[1].startswith("project.")]
+
+
+def engine_imports(path: Path) -> list[tuple[int, str, str]]:
+    """The imports of ``project.engine`` (any part of it) in a file."""
+    return [entry for entry in imports(path) if _within(entry[1], "project.engine")]
+
+
+def _within(module: str, package: str) -> bool:
+    return module == package or module.startswith(package + ".")
 
 
 def recipe_files() -> list[Path]:
     return sorted(path for package in RECIPE_PACKAGES for path in (SOURCE / package).rglob("*.py"))
 
 
+def engine_files() -> list[Path]:
+    return sorted((SOURCE / "engine").rglob("*.py"))
+
+
+#: The public API of the engine: its modules the recipe side may import, each only the names of its ``__all__``.
+PUBLIC = {"project.engine.api": set(api.__all__), "project.engine.data": set(data_api.__all__)}
+
+
 def test_the_recipe_side_imports_only_the_engines_public_api() -> None:
-    assert len(recipe_files()) > 15  # the walk found the recipe side
-    allowed = set(api.__all__)
+    assert len(recipe_files()) > 10  # the walk found the recipe side
     breaches = [
         f"{path.relative_to(SOURCE)}:{line}: {module} {name}".strip()
         for path in recipe_files()
         for line, module, name in engine_imports(path)
-        if module != "project.engine.api" or name not in allowed
+        if name not in PUBLIC.get(module, ())
     ]
     assert not breaches, "the recipe side reaches into the engine:\n" + "\n".join(breaches)
 
 
+def test_the_engine_imports_nothing_of_the_recipe_side() -> None:
+    assert len(engine_files()) > 30  # the walk found the engine
+    breaches = [
+        f"{path.relative_to(SOURCE)}:{line}: {module} {name}".strip()
+        for path in engine_files()
+        for line, module, name in imports(path)
+        if any(_within(module, f"project.{package}") for package in RECIPE_PACKAGES)
+    ]
+    assert not breaches, "the engine imports the recipe side:\n" + "\n".join(breaches)
+
+
 def test_the_contract_check_sees_every_form_of_import(tmp_path: Path) -> None:
-    # The oracle for the check above: each way of reaching past the API is found, the API itself is not.
-    sample = tmp_path / "sample.py"
+    # The oracle for the checks above: each way of reaching across the boundary is found, wherever the file is.
+    sample = SOURCE / "engine" / "data" / "_sample_for_test.py"
     sample.write_text(
         "from project.engine.api import Batch\n"
         "from project.engine.compat import use_fused_kernel\n"
@@ -61,13 +102,26 @@ def test_the_contract_check_sees_every_form_of_import(tmp_path: Path) -> None:
         "from project import engine\n"
         "import project.engine.cli\n"
         "def f():\n    from project.engine.checkpoint import load_model\n"
+        "from ...datamodules.base import ImageDataModule\n"
+        "from .. import cli\n"
+        "from . import shards\n"
+        "from ...models import MLP\n"
+        "import numpy\n"
     )
-    assert engine_imports(sample) == [
+    try:
+        found = imports(sample)
+    finally:
+        sample.unlink()
+    assert found == [
         (1, "project.engine.api", "Batch"),
         (2, "project.engine.compat", "use_fused_kernel"),
-        (3, "project.engine", "fastpath"),
-        (4, "project", "engine"),
+        (3, "project.engine.fastpath", ""),
+        (4, "project.engine", ""),
         (5, "project.engine.cli", ""),
+        (8, "project.datamodules.base", "ImageDataModule"),
+        (9, "project.engine.cli", ""),
+        (10, "project.engine.data.shards", ""),
+        (11, "project.models.MLP", ""),
         (7, "project.engine.checkpoint", "load_model"),
     ]
 

@@ -21,10 +21,10 @@ from test_resume import DEEPNET, _run, _straight_and_interrupted, assert_same_tr
 from torchvision.datasets import MNIST
 from torchvision.io import decode_image
 
-from project.datamodules import shards
 from project.datamodules.streaming import StreamingDataModule
 from project.engine import prepare
 from project.engine.cli import main
+from project.engine.data import shards
 
 #: TINY without ``--data.val_size``: a prepared data set's splits are fixed when it is written.
 STREAM_TINY = [arg for pair in zip(TINY[::2], TINY[1::2], strict=True) if pair[0] != "--data.val_size" for arg in pair]
@@ -249,7 +249,7 @@ def test_a_folder_is_stored_as_its_files_and_max_size_shrinks_only_larger_images
     from fakedata import write_image_folder
     from torchvision.transforms.v2 import functional as TF
 
-    from project.datamodules.images import decode_image_bytes
+    from project.engine.data.images import decode_image_bytes
 
     root = write_image_folder(tmp_path / "images", per_class=10, size=(40, 30), formats=("png", "jpg", "bmp"))
     files = sorted(path for path in root.rglob("*") if path.is_file())

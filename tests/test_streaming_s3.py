@@ -17,8 +17,8 @@ import pytest
 import torch
 from test_streaming import STREAM_TINY, prepare_mnist
 
-from project.datamodules import shards
 from project.engine.cli import main
+from project.engine.data import shards
 
 BUCKET = "datasets"
 

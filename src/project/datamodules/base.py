@@ -4,7 +4,7 @@ Small data sets (MNIST, CIFAR-10) are parsed once into one ``uint8`` tensor per 
 :class:`InMemoryLoader`, which slices a shuffled index: no per-sample ``__getitem__``, no PIL, no collate.
 Every data module hands over ``uint8`` batches; on the device they become normalized, augmented floats, a whole
 batch at a time, and every step receives them as one :class:`~project.engine.api.Batch`
-(:class:`~project.datamodules.device_batches.DeviceBatches`).
+(:class:`~project.engine.data.device_batches.DeviceBatches`).
 """
 
 from __future__ import annotations
@@ -15,12 +15,25 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from project.datamodules.device_batches import DeviceBatches
-from project.datamodules.mixing import AutoAugmentName, BatchMixing, PerImagePolicy
-from project.datamodules.transforms import BatchAugment, Normalize
 from project.engine.api import IMAGENET_STATS, INCEPTION_STATS, DataError, InMemoryLoader, loader_seed
+from project.engine.data import (
+    SPLITS,
+    AutoAugmentName,
+    BatchAugment,
+    BatchMixing,
+    DeviceBatches,
+    Normalize,
+    PerImagePolicy,
+    PresetName,
+    build_preset,
+    preset_preprocessing,
+)
 
 NormalizeMode = Literal["auto", "dataset", "imagenet", "inception", "none"]
+#: The splits each of Lightning's stages reads (``fit`` sets up the test split too: the run tests at its end).
+STAGE_SPLITS = {"fit": SPLITS, "validate": ("val",), "test": ("test",)}
+#: The square size images of their own sizes (a folder's, a prepared folder's) are shaped to when nothing says.
+DEFAULT_IMAGE_SIZE = 64
 
 
 class ImageDataModule(DeviceBatches, L.LightningDataModule):
@@ -45,7 +58,20 @@ class ImageDataModule(DeviceBatches, L.LightningDataModule):
         random_erasing: Probability of erasing a random rectangle of each image (training only).
         mixup: MixUp's α (Beta(α, α) mixing weights; 0: off). Training batches then carry soft targets.
         cutmix: CutMix's α (0: off); with ``mixup`` too, one of the two is picked per batch.
+        preset: How an image of its own size becomes a square: ``squash`` (resized); ``imagenet``: torchvision's
+            ImageNet recipe on the original files (a random resized crop and flip to train, the shorter side and
+            the centre to evaluate), for data modules that read files (``presets`` says which).
+
+    The lifecycle is this class's, written once: :meth:`setup` asks the data module for its samples
+    (:meth:`setup_samples`: tensors in ``splits``, or whatever :meth:`sample_loader` serves), then builds the
+    normalization and the mixing; the batch hooks (:class:`DeviceBatches`) augment, normalize and mix every
+    module's batches alike.
     """
+
+    #: The presets this data module can honour; any other is refused in ``__init__`` with one line.
+    presets: tuple[str, ...] = ("squash",)
+    #: Init arguments ``prepare_data.py`` gives this data module (on top of the user's) to write its shards.
+    prepare_args: dict[str, Any] = {}
 
     #: Mean and standard deviation of the data set's pixels in [0, 1], per channel.
     dataset_stats: tuple[tuple[float, ...], tuple[float, ...]] = ((0.5,), (0.5,))
@@ -69,6 +95,7 @@ class ImageDataModule(DeviceBatches, L.LightningDataModule):
         random_erasing: float = 0.0,
         mixup: float = 0.0,
         cutmix: float = 0.0,
+        preset: PresetName = "squash",
     ) -> None:
         super().__init__()
         if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1):
@@ -81,6 +108,12 @@ class ImageDataModule(DeviceBatches, L.LightningDataModule):
             raise ValueError(f"image_size must be positive, got {image_size}")
         if crop_padding < 0 or rotation < 0 or not 0 <= color_jitter <= 1:
             raise ValueError("crop_padding and rotation must be >= 0 and color_jitter in [0, 1]")
+        build_preset(preset, True, 1)  # refuses an unknown name
+        if preset not in self.presets:
+            raise ValueError(
+                f"preset {preset!r} crops the original image files, and {type(self).__name__} holds decoded images: "
+                f"use --data folder or --data streaming, or preset {self.presets[0]!r}"
+            )
         self.save_hyperparameters()
         self.hparams.image_size = image_size
         self.root = root
@@ -93,7 +126,9 @@ class ImageDataModule(DeviceBatches, L.LightningDataModule):
         self.normalizer: Normalize | None = None
         #: The layout batches are handed over in; the fast path sets channels-last for conv nets on a GPU.
         self.memory_format = torch.contiguous_format
+        #: The in-memory splits: ``(uint8 images (N, C, H, W), int64 labels (N,))``.
         self.splits: dict[str, tuple[Tensor, Tensor]] = {}
+        self._ready: set[str] = set()  # the splits setup_samples made ready
 
     # ------------------------------------------------------------------ what the model needs to know
     @property
@@ -127,6 +162,7 @@ class ImageDataModule(DeviceBatches, L.LightningDataModule):
             "channels": channels,
             "mean": list(stats[0]) if stats else None,
             "std": list(stats[1]) if stats else None,
+            **preset_preprocessing(self.hparams.preset, height),
         }
 
     def model_args(self) -> dict[str, Any]:
@@ -143,15 +179,24 @@ class ImageDataModule(DeviceBatches, L.LightningDataModule):
         """The training or test split as ``(uint8 images (N, C, H, W), int64 labels (N,))``."""
         raise NotImplementedError
 
-    def setup(self, stage: str) -> None:
-        if "train" not in self.splits and stage in ("fit", "validate"):
+    def setup_samples(self, splits: tuple[str, ...]) -> None:
+        """Make ``splits`` (of ``train``, ``val``, ``test``) ready: put them in :attr:`splits` as tensors, or get
+        ready for :meth:`sample_loader` to serve them. Here: :meth:`load_split`, the validation split held out."""
+        if "train" not in self.splits and {"train", "val"} & set(splits):
             images, labels = self.load_split(train=True)
             self.splits["train"], self.splits["val"] = self._split_validation(images, labels)
-        if "test" not in self.splits and stage in ("test", "fit"):
+        if "test" not in self.splits and "test" in splits:
             self.splits["test"] = self.load_split(train=False)
+
+    def setup(self, stage: str) -> None:
+        """Lightning's hook, the same for every data module: the samples, then the normalization and the mixing."""
+        splits = tuple(split for split in STAGE_SPLITS.get(stage, ()) if split not in self._ready)
+        if splits:
+            self.setup_samples(splits)
+            self._ready.update(splits)
         stats = self.normalization()
         self.normalizer = Normalize(*stats) if stats else None
-        if self.mixing is None and stage == "fit":
+        if self.mixing is None:
             self.mixing = BatchMixing(self.hparams.mixup, self.hparams.cutmix, self.num_classes) or None
 
     def _split_validation(self, images: Tensor, labels: Tensor) -> tuple[tuple[Tensor, Tensor], ...]:
@@ -165,9 +210,11 @@ class ImageDataModule(DeviceBatches, L.LightningDataModule):
         return (images[train], labels[train]), (images[val], labels[val])
 
     # ------------------------------------------------------------------ batches
-    def _loader(self, split: str, shuffle: bool) -> InMemoryLoader:
-        if split not in self.splits:
+    def _loader(self, split: str, shuffle: bool) -> Any:
+        if split not in self._ready:
             self.setup("test" if split == "test" else "fit")
+        if split not in self.splits:
+            return self.sample_loader(split, shuffle)
         images, labels = self.splits[split]
         trainer = self.trainer
         device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
@@ -178,13 +225,17 @@ class ImageDataModule(DeviceBatches, L.LightningDataModule):
         batch_size = self.batch_size if split == "train" else self.eval_batch_size
         return InMemoryLoader(images, labels, batch_size, shuffle, loader_seed(), rank=rank, world_size=world_size)
 
-    def train_dataloader(self) -> InMemoryLoader:
+    def sample_loader(self, split: str, shuffle: bool) -> Any:
+        """The loader of a split that :meth:`setup_samples` did not put in memory (files, shards)."""
+        raise NotImplementedError(f"{type(self).__name__} keeps the {split} split nowhere")
+
+    def train_dataloader(self) -> Any:
         return self._loader("train", shuffle=True)
 
-    def val_dataloader(self) -> InMemoryLoader:
+    def val_dataloader(self) -> Any:
         return self._loader("val", shuffle=False)
 
-    def test_dataloader(self) -> InMemoryLoader:
+    def test_dataloader(self) -> Any:
         return self._loader("test", shuffle=False)
 
 

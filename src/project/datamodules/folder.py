@@ -1,6 +1,6 @@
 """Your own images: :class:`FolderDataModule`, one folder per class, decoded and resized once, then served like
-MNIST (finding the files is in :mod:`~project.datamodules.files`, decoding them in :mod:`~project.datamodules.images`),
-or decoded in ``DataLoader`` workers every epoch (:mod:`~project.datamodules.folder_loading`).
+MNIST (finding the files is in :mod:`~project.engine.data.files`, decoding them in :mod:`~project.engine.data.images`),
+or decoded in ``DataLoader`` workers every epoch (:mod:`~project.engine.data.folder_loading`).
 """
 
 from __future__ import annotations
@@ -14,21 +14,28 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from project.datamodules.base import ImageDataModule
-from project.datamodules.files import SPLITS, Item, Scan, carve, extension_counts, scan_folder
-from project.datamodules.folder_loading import PresetImages, SkippedFiles, folder_loader
-from project.datamodules.images import DEFAULT_MAX_IMAGE_PIXELS, decode_files
-from project.datamodules.presets import PresetName, build_preset, preset_preprocessing
-from project.datamodules.scan_cache import decode_or_reuse
-from project.datamodules.transforms import Normalize
-from project.engine.api import DEFAULT_LOADER_TIMEOUT, DataError, InMemoryLoader, loader_seed
+from project.datamodules.base import DEFAULT_IMAGE_SIZE, ImageDataModule
+from project.engine.api import DEFAULT_LOADER_TIMEOUT, DataError, loader_seed
+from project.engine.data import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    SPLITS,
+    Item,
+    PresetImages,
+    Scan,
+    SkippedFiles,
+    build_preset,
+    carve,
+    decode_files,
+    decode_or_reuse,
+    extension_counts,
+    folder_loader,
+    scan_folder,
+)
 
 #: Bad files listed in full in the warning or error; the rest are counted.
 _LISTED = 20
 
 CacheMode = Literal["auto", "always", "never"]
-#: The square size images are decoded to unless ``image_size`` says otherwise (``auto`` with no pretrained weights).
-DEFAULT_IMAGE_SIZE = 64
 
 
 class FolderDataModule(ImageDataModule):
@@ -38,7 +45,7 @@ class FolderDataModule(ImageDataModule):
     folders. Splits without a folder are carved out of the training images per class (stratified), seeded by
     ``split_seed``, so every run sees the same split. Files and folders whose names start with a dot (and
     ``__MACOSX``) are ignored; so are files whose extension is not of a format Pillow reads (JPEG, PNG, TIFF, BMP,
-    GIF, WebP, ...: :func:`~project.datamodules.files.image_extensions`), which one warning counts at setup.
+    GIF, WebP, ...: :func:`~project.engine.data.files.image_extensions`), which one warning counts at setup.
 
     At setup every image is decoded, converted to ``image_channels`` and resized (squashed) to
     ``image_size`` × ``image_size``. Conversions are deliberate: transparent pixels are composited on white,
@@ -70,15 +77,18 @@ class FolderDataModule(ImageDataModule):
         cache: ``auto`` keeps the decoded images in memory (on the training device) when they take less than
             2 GiB, ``always`` does regardless, ``never`` decodes them again in workers every epoch (what setup
             learned of them is kept for the next run while they are unchanged: :mod:`.scan_cache`).
-        preset: ``squash`` resizes images to the square; ``imagenet``: torchvision's ImageNet recipe on the original
-            files, decoded in workers every epoch (:mod:`.presets`): a random resized crop and flip drawn from
-            ``(seed, epoch, index)`` to train; the shorter side to ``image_size`` × 256 / 224, centre crop to evaluate.
         strict: Raise an error naming the unusable files instead of skipping them with a warning.
         loader_timeout: Seconds to wait for one batch from the workers before the run stops with an error.
         max_image_pixels: Refuse images with more pixels (width × height) than this.
         **kwargs: Options of :class:`~project.datamodules.base.ImageDataModule` (``batch_size``,
-            ``normalize``, ``split_seed``, ``hflip``, ...).
+            ``normalize``, ``split_seed``, ``hflip``, ``preset``, ...). ``preset imagenet`` decodes the original files
+            in workers every epoch (:mod:`.presets`): a random resized crop and flip drawn from ``(seed, epoch,
+            index)`` to train; the shorter side to ``image_size`` × 256 / 224, centre crop to evaluate.
     """
+
+    presets = ("squash", "imagenet")
+    #: Which files are usable, not their pixels: the shards keep the files.
+    prepare_args = {"cache": "never"}
 
     #: ``cache="auto"`` holds the decoded images in memory when they take fewer bytes than this.
     cache_max_bytes = 2 * 1024**3
@@ -92,7 +102,6 @@ class FolderDataModule(ImageDataModule):
         test_size: float = 0.1,
         num_workers: int = 2,
         cache: CacheMode = "auto",
-        preset: PresetName = "squash",
         strict: bool = False,
         max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
         loader_timeout: float = DEFAULT_LOADER_TIMEOUT,
@@ -115,8 +124,7 @@ class FolderDataModule(ImageDataModule):
             raise ValueError(f"num_workers must not be negative, got {num_workers}")
         if cache not in ("auto", "always", "never"):
             raise ValueError(f"cache must be 'auto', 'always' or 'never', got {cache!r}")
-        build_preset(preset, True, image_size)  # refuses an unknown name
-        if preset == "imagenet" and cache == "always":
+        if kwargs.get("preset") == "imagenet" and cache == "always":
             raise ValueError("cache 'always' holds squashed images; preset 'imagenet' crops the original files")
         if max_image_pixels < 1:
             raise ValueError(f"max_image_pixels must be positive, got {max_image_pixels}")
@@ -145,9 +153,6 @@ class FolderDataModule(ImageDataModule):
         if not self._stats_ready and self._uses_dataset_stats():
             self._prepare({"train"})
         return super().normalization()
-
-    def preprocessing(self) -> dict[str, Any]:
-        return {**super().preprocessing(), **preset_preprocessing(self.hparams.preset, self.input_shape[1])}
 
     def _uses_dataset_stats(self) -> bool:
         # "auto" is the data set's own statistics here: the CLI turns it into "imagenet" for pretrained models.
@@ -184,11 +189,8 @@ class FolderDataModule(ImageDataModule):
     def prepare_data(self) -> None:
         self._scan()  # fail early, before any process forks, if the folder is missing or malformed
 
-    def setup(self, stage: str) -> None:
-        wanted = {"fit": {"train", "val", "test"}, "validate": {"val"}, "test": {"test"}}.get(stage, set())
-        self._prepare(wanted)
-        stats = self.normalization()
-        self.normalizer = Normalize(*stats) if stats else None
+    def setup_samples(self, splits: tuple[str, ...]) -> None:
+        self._prepare(splits)
 
     def _prepare(self, wanted: Iterable[str]) -> None:
         """Decode the ``wanted`` splits not done yet; report unusable files once; compute the statistics."""
@@ -262,11 +264,7 @@ class FolderDataModule(ImageDataModule):
             raise DataError(f"class(es) {missing} in {self.root} have no usable training image")
 
     # ------------------------------------------------------------------ batches
-    def _loader(self, split: str, shuffle: bool) -> InMemoryLoader | DataLoader:
-        if split not in self.splits and split not in self._samples:
-            self.setup("test" if split == "test" else "fit")
-        if split in self.splits:
-            return super()._loader(split, shuffle)
+    def sample_loader(self, split: str, shuffle: bool) -> DataLoader:
         paths, labels = self._samples[split]
         channels, size, _ = self.native_shape
         preset = build_preset(self.hparams.preset, split == "train", size)
@@ -274,15 +272,6 @@ class FolderDataModule(ImageDataModule):
         batch_size = self.batch_size if split == "train" else self.eval_batch_size
         workers, timeout = self.hparams.num_workers, self.hparams.loader_timeout
         return folder_loader(dataset, self._skipped, split, batch_size, workers, timeout, self.trainer)
-
-    def train_dataloader(self) -> InMemoryLoader | DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> InMemoryLoader | DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> InMemoryLoader | DataLoader:
-        return self._loader("test", shuffle=False)
 
     def usable_files(self, split: str) -> tuple[list[str], list[int]]:
         """``(paths, labels)`` of a split's usable files after setup with ``cache="never"`` (``prepare_data.py``

@@ -268,11 +268,65 @@ def loader_timed_out(error: BaseException) -> bool:
     return isinstance(error, RuntimeError) and str(error).startswith(LOADER_TIMEOUT_MESSAGE)
 
 
+def worker_error_message(error: BaseException) -> str | None:
+    """The message a loader worker raised ``error`` with, or ``None`` if it was raised in this process.
+
+    torch 2.14's ``ExceptionWrapper.reraise`` raises ``type(error)("Caught <type> in DataLoader worker process N.
+    \nOriginal Traceback ...")``: the worker's whole traceback as the message, ending in ``<qualified type>: <the
+    message>``; a one-line error needs the message alone.
+    """
+    text = str(error)
+    if not text.startswith(f"Caught {type(error).__name__} ") or "\nOriginal Traceback" not in text:
+        return None
+    for name in (f"{type(error).__module__}.{type(error).__qualname__}", type(error).__qualname__):
+        start = text.rfind(f"\n{name}: ")
+        if start >= 0:
+            return text[start + len(name) + 3 :].rstrip("\n")
+    return None
+
+
 def awaited_worker(iterator: Any) -> int | None:
     """The worker a multi-process ``DataLoader`` iterator waits for (torch 2.14 keeps it only in the private
     ``_task_info[_rcvd_idx]``: ``(worker_id,)`` while the batch is outstanding), or ``None``."""
     info = getattr(iterator, "_task_info", {}).get(getattr(iterator, "_rcvd_idx", None))
     return int(info[0]) if info else None
+
+
+def __getattr__(name: str) -> Any:
+    # Built on first use, so that LitData (a third of a second) is imported only by runs that stream.
+    if name == "CheckedChunkLoader":
+        return _checked_chunk_loader()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+@functools.cache
+def _checked_chunk_loader() -> type:
+    """LitData's default item loader, calling ``check(path)`` once per chunk file (again when the file changes: a
+    remote cache evicts and fetches it anew) when it is on disk and before any item of it is read.
+
+    litdata 0.2.76's ``PyTreeLoader.load_item_from_chunk`` calls ``_wait_until_chunk_ready`` exactly there, once per
+    chunk it moves to; and its ``ChunksConfig`` refuses an item loader whose class ``__name__`` is not the one in
+    ``index.json`` ("PyTreeLoader"), so the class bears that name (pickled by its qualified name, this attribute).
+    """
+    from litdata.streaming.item_loader import PyTreeLoader
+
+    class CheckedChunkLoader(PyTreeLoader):
+        def __init__(self, check: Any) -> None:
+            super().__init__()
+            self.check, self.checked = check, set()
+
+        def _wait_until_chunk_ready(self, chunk_index: int, chunk_filepath: str, filesize_bytes: int) -> None:
+            super()._wait_until_chunk_ready(chunk_index, chunk_filepath, filesize_bytes)
+            stat = os.stat(chunk_filepath)
+            key = (chunk_filepath, stat.st_size, stat.st_mtime_ns, stat.st_ino)
+            if key not in self.checked:
+                self.check(chunk_filepath)
+                self.checked.add(key)
+
+    CheckedChunkLoader.__name__ = "PyTreeLoader"
+    CheckedChunkLoader.__qualname__ = "CheckedChunkLoader"
+    CheckedChunkLoader.__module__ = __name__
+    return CheckedChunkLoader
 
 
 #: The paths Lightning 2.6's ``ModelCheckpoint.state_dict`` saves and ``load_state_dict`` restores: at its next save

@@ -24,7 +24,6 @@ from typing import Any
 import lightning as L
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 
-from project.datamodules.base import ImageDataModule
 from project.engine import distributed_eval, fastpath, trust
 from project.engine.callbacks.dashboard import ClassificationDashboard
 from project.engine.checkpoint import load_checkpoint_file, model_from_checkpoint
@@ -73,7 +72,8 @@ def make_datamodule(
     a model with pretrained weights (e.g. a ResNet), else the data set's own.
     """
     data_class = import_class(class_path, L.LightningDataModule, "data module")
-    if issubclass(data_class, ImageDataModule) or "normalize" in inspect.signature(data_class).parameters:
+    # An image data module (it has ``normalization``), or one that takes a ``normalize`` argument.
+    if hasattr(data_class, "normalization") or "normalize" in inspect.signature(data_class).parameters:
         preferred = model_preprocessing(type(model), dict(model.hparams))
         normalize = resolve_normalize(init_args.get("normalize", "auto"), preferred)
         init_args = {**init_args, "normalize": normalize}

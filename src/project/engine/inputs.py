@@ -1,6 +1,6 @@
 """How one raw image becomes a model input, by a checkpoint's saved ``preprocessing``: what ``predict.py`` does for
 files and ``serve.py`` for request bodies, written once. The same steps as the folder data module: decode (formats,
-channels, decompression bombs: :mod:`project.datamodules.images`), resize, scale to [0, 1], normalize."""
+channels, decompression bombs: :mod:`project.engine.data.images`), resize, scale to [0, 1], normalize."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 from torch import Tensor
 from torchvision.transforms.v2 import functional as TF
 
-from project.datamodules.images import (
+from project.engine.data.images import (
     DEFAULT_MAX_IMAGE_PIXELS,
     EmptyImage,
     ImageTooLarge,

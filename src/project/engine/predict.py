@@ -1,7 +1,7 @@
 """Classify image files: ``python scripts/predict.py --ckpt best.ckpt photo.jpg more_photos/``.
 
 Every input goes through the preprocessing saved in the checkpoint, the same as in training: decoded (by the
-image decoder :func:`~project.datamodules.images.load_image`: EXIF orientation, transparency on white,
+image decoder :func:`~project.engine.data.images.load_image`: EXIF orientation, transparency on white,
 16-bit and palette images handled), converted to the model's channels, resized to its image size, scaled to
 [0, 1] and normalized with its mean and std. Files that cannot be read are listed with the reason instead of
 stopping the run. The results go to a CSV file (path, prediction, confidence, top-k) and a short table; file and
@@ -20,9 +20,9 @@ from typing import NamedTuple
 import lightning as L
 import torch
 
-from project.datamodules.files import extension_counts, is_image_name
 from project.engine import trust
 from project.engine.checkpoint import load_model
+from project.engine.data.files import extension_counts, is_image_name
 from project.engine.entrypoint import CKPT_HELP, ArgumentParser, run_main
 from project.engine.errors import DataError, UserError
 from project.engine.filenames import escape_name

@@ -12,27 +12,50 @@ the next run of this command starts over.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import multiprocessing
 import os
+import re
 import shutil
+import signal
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+import lightning as L
 import torch
 from torchvision.io import encode_jpeg, encode_png
 from torchvision.transforms.v2 import functional as TF
 
-from project.datamodules import shards
-from project.datamodules.base import ImageDataModule
-from project.datamodules.folder import FolderDataModule
-from project.datamodules.images import decode_image_bytes
 from project.engine.configs import named_data_config, parse_overrides
+from project.engine.data import shards
+from project.engine.data.images import decode_image_bytes
 from project.engine.entrypoint import ArgumentParser, run_main
 from project.engine.errors import UserError, first_line
 from project.engine.options import import_class
 
+
+class SampleSource(Protocol):
+    """What this command needs of a data module (``ImageDataModule`` has it all): after ``setup("fit")``, its
+    in-memory ``splits`` as ``uint8`` tensors, or ``usable_files(split)``: ``(paths, labels)`` of image files to
+    store as they are; ``prepare_args``: init arguments it takes for a preparation (a folder's ``cache="never"``)."""
+
+    splits: dict[str, tuple[torch.Tensor, torch.Tensor]]
+    class_names: list[str]
+    native_shape: tuple[int, int, int]
+    dataset_stats: tuple[tuple[float, ...], tuple[float, ...]]
+    prepare_args: dict[str, Any]
+
+    def prepare_data(self) -> None: ...
+
+    def setup(self, stage: str) -> None: ...
+
+
+#: What :class:`SampleSource` asks of the class itself (``splits`` is set in ``__init__``).
+_CLASS_NEEDS = ("class_names", "native_shape", "dataset_stats", "prepare_args", "setup")
 #: Left in the output while it is written: a directory with it (and no ``dataset.json``) may be started over.
 PREPARING = ".preparing"
 
@@ -75,18 +98,18 @@ class PngBytes:
         return {"image": encode_png(self.images[index]).numpy().tobytes(), "label": int(self.labels[index])}
 
 
-def samples(datamodule: ImageDataModule, split: str, max_size: int | None = None) -> tuple[Any, list[Any]]:
+def samples(datamodule: SampleSource, split: str, max_size: int | None = None) -> tuple[Any, list[Any]]:
     """``(how to write a sample, the samples)`` of one split of a set-up data module."""
     if split in datamodule.splits:
         images, labels = datamodule.splits[split]
         return PngBytes(images.cpu(), labels.cpu()), list(range(len(labels)))
-    if isinstance(datamodule, FolderDataModule):
+    if hasattr(datamodule, "usable_files"):
         paths, labels = datamodule.usable_files(split)
         return FileBytes(max_size, datamodule.native_shape[0]), list(zip(paths, labels, strict=True))
     raise UserError(f"{type(datamodule).__name__} keeps no images in memory and is not an image folder")
 
 
-def metadata(datamodule: ImageDataModule, counts: dict[str, int], source: str, max_size: int | None) -> dict[str, Any]:
+def metadata(datamodule: SampleSource, counts: dict[str, int], source: str, max_size: int | None) -> dict[str, Any]:
     channels, height, width = datamodule.native_shape
     mean, std = datamodule.dataset_stats
     in_memory = all(split in datamodule.splits for split in shards.SPLITS)
@@ -123,34 +146,115 @@ def start_output(output: Path, overwrite: bool) -> None:
 
 
 def write(
-    datamodule: ImageDataModule, output: Path, source: str, num_workers: int, chunk_bytes: str, max_size: int | None
+    datamodule: SampleSource,
+    output: Path,
+    source: str,
+    num_workers: int,
+    chunk_bytes: str,
+    max_size: int | None,
+    seed: int,
 ) -> dict:
     from litdata import optimize  # LitData writes the shards: one process per core, a progress bar
 
-    counts = {}
+    counts, checksums = {}, {}
     for split in shards.SPLITS:
         sample, inputs = samples(datamodule, split, max_size)
         counts[split] = len(inputs)
+        # A seeded random order: LitData's shuffle mixes the shards' order and only a window of samples, so shards
+        # in the data set's own (class) order would give batches of a few classes. The same data and seed give the
+        # same shards.
+        order = torch.randperm(len(inputs), generator=torch.Generator().manual_seed(seed)).tolist()
+        inputs = [inputs[i] for i in order]
         if inputs:
             workers = max(1, min(num_workers, len(inputs)))
-            # keep_data_ordered: each worker gets a fixed share, so the same data always gives the same shards;
+            # keep_data_ordered: each worker gets a fixed share, so the same inputs always give the same shards;
             # fork: the workers start at once instead of importing torch again (spawn), and nothing here uses CUDA.
-            optimize(
-                fn=sample,
-                inputs=inputs,
-                output_dir=str(output / split),
-                chunk_bytes=chunk_bytes,
-                num_workers=workers,
-                mode="overwrite",
-                keep_data_ordered=True,
-                start_method="fork",
-            )
-    info = metadata(datamodule, counts, source, max_size)
+            try:
+                optimize(
+                    fn=sample,
+                    inputs=inputs,
+                    output_dir=str(output / split),
+                    chunk_bytes=chunk_bytes,
+                    num_workers=workers,
+                    mode="overwrite",
+                    keep_data_ordered=True,
+                    start_method="fork",
+                )
+            except RuntimeError as error:  # LitData reports a writer's failure as its traceback in a RuntimeError
+                refused = _write_refused(error)
+                if refused is None:
+                    raise
+                _end_writers()
+                raise WriteRefused(
+                    f"cannot write the shards of {output / split}: {refused} (disk full, quota or file-size limit?); "
+                    f"{output} holds no data set that trains: free space and run prepare_data.py again"
+                ) from None
+        checksums[split] = _checksums(output / split)
+    info = {**metadata(datamodule, counts, source, max_size), "seed": seed, "checksums": checksums}
     partial = output / (shards.METADATA + ".partial")
     partial.write_text(json.dumps(info, indent=1))
     os.replace(partial, output / shards.METADATA)  # last, and whole: now the data set trains
     (output / PREPARING).unlink()
     return info
+
+
+class WriteRefused(UserError):
+    """The system refused to store a shard: no mistake of the user's, so exit code 1 (one line all the same)."""
+
+    exit_code = 1
+
+
+def _end_writers() -> None:
+    """End the processes ``optimize`` forked: after a failed write it raises, and leaves the other writers and their
+    helpers (forked by the writers, orphaned when these exit) waiting on their queues for good. They are the forks of
+    this very command: its process group and its command line."""
+    for child in multiprocessing.active_children():
+        child.terminate()
+    forks = _forks_of_this_process()
+    for pid in forks:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 5
+    while forks and time.monotonic() < deadline:
+        time.sleep(0.05)
+        forks = _forks_of_this_process()
+    for pid in forks:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    for child in multiprocessing.active_children():
+        child.join(5)
+
+
+def _forks_of_this_process() -> list[int]:
+    """Processes of this process group running this process's command line, other than this one (Linux's /proc;
+    nothing elsewhere)."""
+    try:
+        own, group = Path("/proc/self/cmdline").read_bytes(), os.getpgrp()
+        pids = [int(name) for name in os.listdir("/proc") if name.isdigit() and int(name) != os.getpid()]
+    except OSError:
+        return []
+    found = []
+    for pid in pids:
+        try:
+            if os.getpgid(pid) == group and Path(f"/proc/{pid}/cmdline").read_bytes() == own:
+                found.append(pid)
+        except OSError:  # ended meanwhile, or not ours to look at
+            continue
+    return found
+
+
+def _write_refused(error: BaseException) -> str | None:
+    """``[Errno 27] File too large``: the refused write in the writers' traceback that ``optimize`` raises, if any."""
+    found = re.findall(r"^(?:OSError|IOError): (\[Errno \d+\] .*)$", str(error), flags=re.MULTILINE)
+    return found[-1] if found else None
+
+
+def _checksums(split_dir: Path) -> dict[str, str]:
+    """``{chunk file: SHA-256}`` of every chunk a split's ``index.json`` lists."""
+    if not (split_dir / shards.INDEX).exists():
+        return {}
+    chunks = json.loads((split_dir / shards.INDEX).read_text())["chunks"]
+    return {chunk["filename"]: shards.sha256_file(str(split_dir / chunk["filename"])) for chunk in chunks}
 
 
 def upload(local: Path, url: str, overwrite: bool) -> None:
@@ -179,6 +283,7 @@ def _main(argv: list[str]) -> int:
     parser.add_argument("--overwrite", action="store_true", help="Replace a data set already prepared there.")
     parser.add_argument("--num_workers", type=int, default=os.cpu_count() or 1, help="Processes writing shards.")
     parser.add_argument("--chunk_bytes", default="64MB", help="Size of each shard, e.g. 64MB.")
+    parser.add_argument("--seed", type=int, default=0, help="Seed of the samples' random order in the shards.")
     parser.add_argument(
         "--max_size",
         type=int,
@@ -190,9 +295,12 @@ def _main(argv: list[str]) -> int:
         raise UserError(f"--max_size must be a positive number of pixels, got {args.max_size}")
     class_path, init_args = named_data_config(args.data)
     init_args = {**init_args, **parse_overrides(rest)}
-    data_class = import_class(class_path, ImageDataModule, "data module")
-    if issubclass(data_class, FolderDataModule):
-        init_args["cache"] = "never"  # which files are usable, not their pixels: the shards keep the files
+    data_class = import_class(class_path, L.LightningDataModule, "data module")
+    missing = [name for name in _CLASS_NEEDS if not hasattr(data_class, name)]
+    if missing:
+        raise UserError(f"--data {args.data}: {class_path} has no {', '.join(missing)}: not an ImageDataModule?")
+    # e.g. a folder's cache "never": which files are usable, not their pixels; the shards keep the files
+    init_args.update(data_class.prepare_args)
     try:
         datamodule = data_class(**init_args)
     except (TypeError, ValueError) as error:
@@ -200,15 +308,18 @@ def _main(argv: list[str]) -> int:
     datamodule.prepare_data()
     datamodule.setup("fit")
     source = f"--data {args.data}" + "".join(f" {token}" for token in rest)
+    settings = (args.num_workers, args.chunk_bytes, args.max_size, args.seed)
     if shards.is_remote(args.output):
         with tempfile.TemporaryDirectory(prefix="prepare_data-") as staging:
             start_output(Path(staging), overwrite=False)
-            info = write(datamodule, Path(staging), source, args.num_workers, args.chunk_bytes, args.max_size)
+            info = write(
+                datamodule, Path(staging), source, args.num_workers, args.chunk_bytes, args.max_size, args.seed
+            )
             upload(Path(staging), args.output, args.overwrite)
     else:
         output = Path(args.output)
         start_output(output, args.overwrite)
-        info = write(datamodule, output, source, args.num_workers, args.chunk_bytes, args.max_size)
+        info = write(datamodule, output, source, *settings)
     counts = ", ".join(f"{count} {split}" for split, count in info["splits"].items())
     print(f"wrote {args.output}: {counts} images of {len(info['class_names'])} classes")
     return 0

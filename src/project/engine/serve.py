@@ -24,9 +24,9 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
-from project.datamodules.images import DEFAULT_MAX_IMAGE_PIXELS
 from project.engine import trust
 from project.engine.checkpoint import load_exported, load_model
+from project.engine.data import DEFAULT_MAX_IMAGE_PIXELS
 from project.engine.entrypoint import CKPT_HELP, ArgumentParser, run_main
 from project.engine.errors import UserError, first_line
 from project.engine.inputs import EmptyImage, ImageTooLarge, NotAnImage, bytes_input, saved_preprocessing

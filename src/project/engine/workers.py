@@ -9,7 +9,8 @@ its own single thread (Python 3.14 makes it the default on Linux for this reason
 (about 4 s on 2 CPU cores, importing torch once); later loaders start their workers as fast as a fork.
 
 A worker that sends no batch for ``timeout`` seconds (stuck, or a store that stopped answering) ends the run with one
-line naming the loader and the worker, instead of a wait without end.
+line naming the loader and the worker, instead of a wait without end; a :class:`UserError` a worker raises (a damaged
+shard, a file gone bad) reaches the user as its own message, without the worker's traceback.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from project.engine import compat
-from project.engine.errors import DataError
+from project.engine.errors import DataError, UserError
 
 #: Seconds a loader waits for one batch from its workers before it gives up (``--data.loader_timeout``).
 DEFAULT_TIMEOUT = 600.0
@@ -59,6 +60,11 @@ class BoundedWait:
     def __iter__(self) -> Iterator[Any]:
         try:
             yield from super().__iter__()
+        except UserError as error:  # raised in a worker: its message, not the worker's traceback
+            message = compat.worker_error_message(error)
+            if message is None:
+                raise
+            raise type(error)(message) from None
         except RuntimeError as error:
             if not compat.loader_timed_out(error):
                 raise

@@ -15,12 +15,16 @@ import lightning as L
 from lightning.pytorch.callbacks import BatchSizeFinder, Callback, LearningRateFinder
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-from project.callbacks.averaging import EMA, SWA
 from project.engine.callbacks.frozen_features import FrozenFeatures
 from project.engine.errors import UserError
 from project.engine.filenames import escape_name
+from project.engine.options import import_class
 
 LR_FIND_PLOT = "lr_find.png"
+#: The averaging callbacks are the recipe's (``project/callbacks/averaging.py``, which users may change): named by
+#: class path, as LightningCLI names every class, so the engine imports nothing of the recipe side.
+EMA_CLASS = "project.callbacks.averaging.EMA"
+SWA_CLASS = "project.callbacks.averaging.SWA"
 
 
 def add_arguments(parser: Any) -> None:
@@ -63,11 +67,12 @@ def recipe_callbacks(config: Any, run_dir: Path, resumed: bool, on_gpu: bool) ->
     if decay is not None:
         if not 0 < decay < 1:
             raise UserError(f"--ema_decay must be in (0, 1), got {decay}")
-        callbacks.append(EMA(decay=decay))
+        callbacks.append(import_class(EMA_CLASS, Callback, "--ema_decay's callback")(decay=decay))
     if config.get("swa_lrs") is not None:
         if decay is not None:
             raise UserError("--ema_decay and --swa_lrs both average the weights: choose one")
-        callbacks.append(SWA(config["swa_lrs"], config["swa_epoch_start"], config["swa_annealing_epochs"]))
+        swa = import_class(SWA_CLASS, Callback, "--swa_lrs's callback")
+        callbacks.append(swa(config["swa_lrs"], config["swa_epoch_start"], config["swa_annealing_epochs"]))
     if config.get("find_lr", "no") != "no" and not resumed:  # a resumed run keeps the rate it was trained with
         callbacks.append(ReportingLRFinder(run_dir, config["find_lr"] == "apply", config.get("find_lr_steps", 100)))
     if config.get("frozen_features", "auto") != "false":

@@ -1,5 +1,5 @@
 """The folder data module's ``DataLoader`` path: each file decoded in a worker at its own size, then made square by
-the preset (:mod:`~project.datamodules.presets`), its random draws seeded by ``(seed, epoch, index)``.
+the preset (:mod:`~project.engine.data.presets`), its random draws seeded by ``(seed, epoch, index)``.
 
 A file that decoded at setup but not here (replaced or truncated since, or judged from a kept scan) is left out of
 its batch, which is one shorter, and :class:`SkippedFiles` collects it in the main process: listed in
@@ -17,8 +17,6 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from project.datamodules.images import NotAnImage, load_image
-from project.datamodules.presets import Preset, sample_generator
 from project.engine.api import (
     BoundedWait,
     DataError,
@@ -27,6 +25,8 @@ from project.engine.api import (
     escape_name,
     worker_options,
 )
+from project.engine.data.images import NotAnImage, load_image
+from project.engine.data.presets import Preset, sample_generator
 
 #: ``(path, reason)`` of a file a worker could not decode.
 Bad = tuple[str, str]

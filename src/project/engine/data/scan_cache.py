@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
-from project.datamodules.images import Decoded, decode_files
 from project.engine.api import UserError, load_checkpoint_file
+from project.engine.data.images import Decoded, decode_files
 
 #: Bumped when what is kept, or how files are judged, changes: older entries are then not read.
 FORMAT = 1
@@ -52,7 +52,7 @@ def scan_key(paths: Sequence[str], channels: int, size: int, max_pixels: int, hi
 def decode_or_reuse(
     paths: Sequence[str], channels: int, size: int, max_pixels: int, histogram: bool, num_workers: int
 ) -> Decoded:
-    """:func:`~project.datamodules.images.decode_files` without keeping the images, or what it found for the same
+    """:func:`~project.engine.data.images.decode_files` without keeping the images, or what it found for the same
     files before."""
     try:
         entry = cache_dir() / f"{scan_key(paths, channels, size, max_pixels, histogram)}.pt"

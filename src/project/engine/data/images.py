@@ -8,6 +8,7 @@ import functools
 import io
 import math
 import os
+import struct
 import warnings
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -20,13 +21,17 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms.v2 import functional as TF
 
-from project.datamodules.files import image_extensions
 from project.engine.api import DEFAULT_LOADER_TIMEOUT, BoundedWait, DataError, first_line, worker_options
+from project.engine.data.files import image_extensions
 
 #: PIL's default limit on width × height (``PIL.Image.MAX_IMAGE_PIXELS``): about a 9459 × 9459 image.
 DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
-#: Formats torchvision's native decoders read (the rest, e.g. BMP, TIFF and animated WebP, go through PIL).
-_TORCHVISION_FORMATS = frozenset(("JPEG", "MPO", "PNG", "WEBP", "GIF"))
+#: Formats torchvision's native decoders read (the rest, e.g. BMP, TIFF and animated WebP, go through PIL). Not PNG:
+#: torchvision 0.29.1's decode_png ends the process (SIGSEGV) on any libpng error, e.g. a corrupt IDAT chunk behind a
+#: valid header, where Pillow raises an error (after a pass checking every chunk's CRC, as libpng does); the same
+#: pixels, slower (benchmarks/README.md). tests/test_crashing_files.py checks that torchvision still crashes, so an
+#: upgrade says when the fast path may come back.
+_TORCHVISION_FORMATS = frozenset(("JPEG", "MPO", "WEBP", "GIF"))
 
 
 def load_image(
@@ -228,6 +233,8 @@ def _decode(data: bytearray, channels: int, size: int | None, max_pixels: int) -
                 f"{width}x{height} = {width * height} pixels is more than max_image_pixels={max_pixels}: "
                 f"refused as a possible decompression bomb"
             )
+        if pil.format == "PNG":
+            _verify_png(data)
         alpha = pil.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in pil.info
         image = None
         if pil.format in _TORCHVISION_FORMATS and not (pil.format == "GIF" and alpha):
@@ -250,6 +257,14 @@ def _decode(data: bytearray, channels: int, size: int | None, max_pixels: int) -
     return image.contiguous()
 
 
+def _verify_png(data: bytearray) -> None:
+    """Every chunk's checksum, the image data's too, which Pillow's decoder does not check (libpng refuses them)."""
+    try:
+        Image.open(io.BytesIO(data), formats=("PNG",)).verify()
+    except (OSError, ValueError, SyntaxError, EOFError, struct.error) as error:
+        raise _BadImage(f"cannot be decoded ({first_line(error)})") from None
+
+
 @functools.cache
 def _pil_formats() -> tuple[str, ...]:
     return tuple(sorted(name for name in set(image_extensions().values()) if name in Image.OPEN))
@@ -257,20 +272,21 @@ def _pil_formats() -> tuple[str, ...]:
 
 def _decode_with_pil(pil: Image.Image, alpha: bool) -> Tensor:
     try:
-        pil = ImageOps.exif_transpose(pil)
+        ImageOps.exif_transpose(pil, in_place=True)  # in place: a copy would cost as much as the decoding
         if pil.mode.startswith("I"):  # 16-bit (or 32-bit integer) gray: keep the high byte of 16 bits
-            array = (np.clip(np.asarray(pil, dtype=np.int64), 0, 65535) >> 8).astype(np.uint8)[None]
+            array = (np.clip(np.asarray(pil, dtype=np.int64), 0, 65535) >> 8).astype(np.uint8)[..., None]
         elif alpha:
-            array = np.asarray(pil.convert("RGBA")).transpose(2, 0, 1)
+            array = np.array(pil if pil.mode == "RGBA" else pil.convert("RGBA"))
         elif pil.mode in ("L", "1"):
-            array = np.asarray(pil.convert("L"))[None]
+            array = np.array(pil if pil.mode == "L" else pil.convert("L"))[..., None]
         else:
-            array = np.asarray(pil.convert("RGB")).transpose(2, 0, 1)
+            array = np.array(pil if pil.mode == "RGB" else pil.convert("RGB"))
     except Image.DecompressionBombError as error:
         raise _TooLarge(f"refused as a decompression bomb ({error})") from None
     except (OSError, ValueError, SyntaxError, EOFError, IndexError) as error:
         raise _BadImage(f"cannot be decoded ({first_line(error)})") from None
-    return torch.from_numpy(np.ascontiguousarray(array))
+    # (H, W, C) as (C, H, W) with channels-last strides, as torchvision's decoders return it: no copy.
+    return torch.from_numpy(array).permute(2, 0, 1)
 
 
 def _to_channels(image: Tensor, channels: int) -> Tensor:

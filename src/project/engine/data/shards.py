@@ -3,8 +3,9 @@
     OUT/
         train/ val/ test/     LitData's shards of each split (``index.json`` and ``chunk-*.bin``): each sample is
                               ``{"image": the image file's bytes (JPEG, PNG, ...), "label": int}``
-        dataset.json          class names, channels, per-channel statistics, samples per split; written last, so
-                              a data set without it is one whose preparation did not finish
+        dataset.json          class names, channels, per-channel statistics, samples per split, the seed of the
+                              samples' order and each shard's SHA-256 (checked when a worker first reads it);
+                              written last, so a data set without it is one whose preparation did not finish
 
 ``OUT`` is a local directory or ``s3://bucket/prefix`` of any S3-compatible store (endpoint and credentials the
 usual AWS way: ``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ... or ``~/.aws``). Every problem is a one-line
@@ -13,6 +14,7 @@ usual AWS way: ``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ... or ``~/.aws``). 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from typing import Any
@@ -23,7 +25,7 @@ SPLITS = ("train", "val", "test")
 METADATA = "dataset.json"
 INDEX = "index.json"  # LitData's list of a split's chunks, with each one's size in bytes
 FORMAT = "project-shards"
-VERSION = 1
+VERSION = 2  # 2: samples in a seeded random order, a checksum per shard
 
 
 def is_remote(url: str) -> bool:
@@ -72,6 +74,34 @@ def check_split(url: str, split: str) -> None:
         if present[name] != size:
             raise DataError(
                 f"shard {join(split_url, name)} is corrupt: {present[name]} bytes where {INDEX} says {size}"
+            )
+
+
+def sha256_file(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        while block := file.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class ShardChecksums:
+    """Checks a shard file (a split's chunk, local or fetched into the cache) against the SHA-256 that
+    ``prepare_data.py`` recorded: a shard damaged at the right size is one line naming it, not a worker crash or a
+    batch of garbage."""
+
+    def __init__(self, split_url: str, expected: dict[str, str]) -> None:
+        self.split_url, self.expected = split_url, expected
+
+    def __call__(self, path: str) -> None:
+        name = os.path.basename(path)
+        if name not in self.expected:
+            raise DataError(f"shard {join(self.split_url, name)} is not one that {METADATA} lists: prepare it again")
+        if sha256_file(path) != self.expected[name]:
+            where = "" if os.path.dirname(path) == self.split_url else f" (read from {path})"
+            raise DataError(
+                f"shard {join(self.split_url, name)} is damaged{where}: its SHA-256 is not the one {METADATA} "
+                "records; restore it or run scripts/prepare_data.py again"
             )
 
 

@@ -11,9 +11,9 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from project.datamodules.mixing import BatchMixing, PerImagePolicy
-from project.datamodules.transforms import BatchAugment, Normalize
 from project.engine.api import Batch
+from project.engine.data.mixing import BatchMixing, PerImagePolicy
+from project.engine.data.transforms import BatchAugment, Normalize
 
 
 class DeviceBatches:
