@@ -8,6 +8,7 @@ prepare_data.py), loaders without worker processes, and a small MLP keep the who
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -95,3 +96,21 @@ def test_every_option_changes_training_or_is_refused(
     weights = trained_weights(make, **OPTIONS[option])
     assert weights.shape == baselines[module].shape
     assert not torch.equal(weights, baselines[module]), f"{option} does not change training on {module}"
+
+
+def test_a_data_module_without_statistics_is_told_so_once() -> None:
+    class NoStats(ImageDataModule):
+        native_shape, class_names = (1, 8, 8), ["a", "b"]
+
+    class WithStats(NoStats):
+        dataset_stats = ((0.2,), (0.3,))
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        quiet = WithStats()
+        assert quiet.normalization() == ((0.2,), (0.3,))
+        assert not caught
+        told = NoStats()
+        assert told.normalization() == told.normalization() == ((0.5,), (0.5,))
+    (warning,) = caught
+    assert "NoStats has no dataset_stats: its images are normalized with mean 0.5 and std 0.5" in str(warning.message)

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor
 
 from project.engine.api import IMAGENET_STATS, INCEPTION_STATS, DataError, InMemoryLoader, loader_seed
@@ -151,6 +152,12 @@ class ImageDataModule(DeviceBatches, L.LightningDataModule):
         if mode == "none":
             return None
         stats = {"imagenet": IMAGENET_STATS, "inception": INCEPTION_STATS}.get(mode, self.dataset_stats)
+        if stats is ImageDataModule.dataset_stats and not getattr(self, "_told_no_stats", False):
+            self._told_no_stats = True  # once per data module: setup and every checkpoint ask again
+            rank_zero_warn(
+                f"{type(self).__name__} has no dataset_stats: its images are normalized with mean 0.5 and std 0.5; "
+                "set dataset_stats (per-channel mean and std of its pixels in [0, 1]) or --data.normalize none"
+            )
         return _match_channels(stats, self.input_shape[0])
 
     def preprocessing(self) -> dict[str, Any]:
