@@ -96,6 +96,15 @@ def check_group_ended(process: subprocess.Popen, within: float = 30.0) -> None:
         raise AssertionError(f"{process.args[:3]} exited and left processes running:\n" + "\n".join(left))
 
 
+def group_members(process: subprocess.Popen) -> list[int]:
+    """The live processes of ``process``'s group (its session: everything it started)."""
+    return _members(process.pid)
+
+
+def cmdline(pid: int) -> str:
+    return _cmdline(pid)
+
+
 def left_running() -> list[int]:
     """Every live process started by this test run (by :data:`MARK`), except the pytest process and its own
     multiprocessing helpers."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -35,25 +36,44 @@ def free_port() -> int:
 @contextmanager
 def serving(source: Path, cwd: Path, *args: str, ready_within: float = 600) -> Iterator[str]:
     """``scripts/serve.py --ckpt SOURCE ARGS`` in a subprocess; yields its URL once ``/health`` answers 200."""
-    port = free_port()
+    with server_process(source, cwd, *args, ready_within=ready_within) as (url, _):
+        yield url
+
+
+@contextmanager
+def server_process(
+    source: Path,
+    cwd: Path,
+    *args: str,
+    port: int | None = None,
+    env: dict[str, str] | None = None,
+    ready_within: float = 600,
+) -> Iterator[tuple[str, subprocess.Popen]]:
+    """:func:`serving`, yielding ``(url, process)``; on ``port`` (default: a free one), with ``env`` added (with
+    ``LIT_SERVER_API_KEY`` the health checks send it)."""
+    key = (env or {}).get("LIT_SERVER_API_KEY")
+    headers = {"X-API-Key": key} if key else {}
+    port = port or free_port()
     log = cwd / f"serve-{port}.log"
     command = [sys.executable, str(SERVE_SCRIPT), "--ckpt", str(source), "--port", str(port), *args]
     with log.open("w") as output:
         # A session of its own: LitServe's API server and workers are its children, stopped with it.
-        process = processes.start(command, cwd=cwd, stdout=output, stderr=subprocess.STDOUT)
+        process = processes.start(
+            command, cwd=cwd, stdout=output, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + ready_within  # generous: a loaded 2-core machine starts workers slowly
         while True:
             assert process.poll() is None, log.read_text()[-3000:]
             try:
-                if httpx.get(f"{url}/health", timeout=5).status_code == 200:
+                if httpx.get(f"{url}/health", headers=headers, timeout=5).status_code == 200:
                     break
             except httpx.TransportError:
                 pass
             assert time.monotonic() < deadline, log.read_text()[-3000:]
             time.sleep(0.5)
-        yield url
+        yield url, process
     finally:
         processes.end(process, grace=60)
         log.unlink(missing_ok=True)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from conftest import TINY
 from torchvision.datasets import CIFAR10, MNIST
+from torchvision.models import ResNet18_Weights
 
 from project.datamodules import CIFAR10DataModule, MNISTDataModule
 from project.engine.callbacks.recipe import LR_FIND_PLOT
@@ -87,3 +88,18 @@ def test_help_is_plain_text(args: list[str], capsys: pytest.CaptureFixture[str])
         assert markup not in text, markup
     if args == ["--help"]:
         assert "The data: a LightningDataModule" in text and "The main advantage is:" not in text
+
+
+def test_offline_the_main_job_names_every_missing_file_in_one_message(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A machine without the weights, without CIFAR-10, and without a network: one run says all there is to fetch.
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    monkeypatch.setattr(ResNet18_Weights.IMAGENET1K_V1.value, "url", f"{NOWHERE}resnet18-f37072fd.pth")
+    monkeypatch.setattr(CIFAR10, "url", f"{NOWHERE}cifar-10-python.tar.gz")
+    monkeypatch.chdir(tmp_path)
+    assert main(["--model", "resnet"]) == 2
+    line = _error_line(capsys)
+    assert "resnet18 ImageNet weights are not in torchvision's cache" in line and "resnet18-f37072fd.pth" in line
+    assert "; and CIFAR-10 is not in data/cifar-10-batches-py and the download failed" in line
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())

@@ -52,3 +52,21 @@ def test_a_refused_write_is_one_line_exit_1_and_leaves_nothing_that_trains(tmp_p
     monkeypatch.chdir(tmp_path)
     assert main(["--data", "streaming", "--data.input_dir", str(output), "--trainer.max_epochs", "1"]) == 2
     assert "is not a complete prepared data set" in capsys.readouterr().err
+
+
+def test_prepare_data_prints_its_own_lines_only(tmp_path: Path, folder_root: Path) -> None:
+    # LitData's optimize prints about 30 lines per split (an invitation to its cloud among them); the run says what it
+    # writes and what it wrote.
+    result = processes.run(
+        [sys.executable, REPO / "scripts" / "prepare_data.py", "--data", "folder", "--data.root", str(folder_root)]
+        + ["--output", str(tmp_path / "s")],
+        RUN_TIMEOUT,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = (result.stdout + result.stderr).splitlines()
+    assert [line.split(":")[0] for line in lines] == [
+        "writing train",
+        "writing val",
+        "writing test",
+        f"wrote {tmp_path / 's'}",
+    ]

@@ -106,7 +106,9 @@ def test_bad_input_is_a_4xx_with_one_line_and_the_server_keeps_serving(
     assert response.status_code == status, response.text
     detail = response.json()["detail"]
     assert reason in detail and "\n" not in detail
-    good = httpx.post(f"{url}/predict", content=images[0].read_bytes(), headers={"Content-Type": "image/png"})
+    good = httpx.post(
+        f"{url}/predict", content=images[0].read_bytes(), headers={"Content-Type": "image/png"}, timeout=60
+    )
     assert_same(answer(good), expected_answers(checkpoint, images[:1])[str(images[0])])
 
 
@@ -143,7 +145,9 @@ def test_an_exported_program_serves_the_checkpoints_answers(server: tuple, image
     expected = expected_answers(checkpoint, images[:4])
     with serving(program, tmp_path, "--topk", str(TOPK), "--max_batch_size", "1", "--accelerator", "cpu") as other:
         for path in images[:4]:
-            response = httpx.post(f"{other}/predict", content=path.read_bytes(), headers={"Content-Type": "image/png"})
+            response = httpx.post(
+                f"{other}/predict", content=path.read_bytes(), headers={"Content-Type": "image/png"}, timeout=60
+            )
             assert_same(answer(response), expected[str(path)])
 
 

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from project.engine.checkpoint import load_checkpoint_file
 from project.engine.compat import allow_plain_http_endpoint, optimizer_steps_per_epoch
-from project.engine.errors import DataError, UserError, first_line
+from project.engine.errors import DataError, MissingDownload, UserError, first_line
 from project.engine.filenames import escape_name
 from project.engine.loaders import EpochSeededSampler, InMemoryLoader, ResumableDataLoader, loader_seed
 from project.engine.options import IMAGENET_STATS, INCEPTION_STATS
@@ -27,6 +27,7 @@ __all__ = [
     "BoundedWait",
     "DEFAULT_LOADER_TIMEOUT",
     "DataError",
+    "MissingDownload",
     "EpochSeededSampler",
     "InMemoryLoader",
     "Preprocessing",

@@ -13,8 +13,10 @@ from typing import Any
 import lightning as L
 import torch
 
+from project.engine import trust
 from project.engine.errors import CheckpointError, UserError, first_line
 from project.engine.options import FROM_THE_DATA, constructor_args, import_class
+from project.engine.trust import CheckpointLimits
 
 
 def load_checkpoint_file(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -123,18 +125,23 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def load_model(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> L.LightningModule:
-    """Rebuild the LightningModule saved in a checkpoint of this template, from the checkpoint alone."""
-    return model_from_checkpoint(load_checkpoint_file(path, map_location), path)
+def load_model(
+    path: str | os.PathLike[str], map_location: str | torch.device = "cpu", limits: CheckpointLimits | None = None
+) -> L.LightningModule:
+    """Rebuild the LightningModule saved in a checkpoint of this template, from the checkpoint alone, within
+    ``limits`` (:mod:`project.engine.trust`: the modules its class may come from, the memory its model may need)."""
+    return model_from_checkpoint(load_checkpoint_file(path, map_location), path, limits)
 
 
-def model_from_checkpoint(checkpoint: dict[str, Any], path: str | os.PathLike[str]) -> L.LightningModule:
+def model_from_checkpoint(
+    checkpoint: dict[str, Any], path: str | os.PathLike[str], limits: CheckpointLimits | None = None
+) -> L.LightningModule:
     """:func:`load_model` for a checkpoint already read with :func:`load_checkpoint_file` from ``path``."""
     hparams = checkpoint.get("hyper_parameters") or {}
     class_path = hparams.get("_class_path")
     if "state_dict" not in checkpoint or not class_path:
         raise CheckpointError(f"checkpoint {str(path)!r} has no model class or weights: not written by this template?")
-    model = rebuild_model(class_path, hparams, path)
+    model = rebuild_model(class_path, hparams, path, limits)
     try:
         model.on_load_checkpoint(checkpoint)
         model.load_state_dict(checkpoint["state_dict"])
@@ -143,20 +150,29 @@ def model_from_checkpoint(checkpoint: dict[str, Any], path: str | os.PathLike[st
     return model.eval()
 
 
-def rebuild_model(class_path: str, hparams: dict[str, Any], path: str | os.PathLike[str]) -> L.LightningModule:
+def rebuild_model(
+    class_path: str, hparams: dict[str, Any], path: str | os.PathLike[str], limits: CheckpointLimits | None = None
+) -> L.LightningModule:
     """The model ``class_path`` names, built from its saved ``hparams`` to receive saved weights (from ``path``).
+
+    Both come from the file, so both are checked first (:mod:`project.engine.trust`, within ``limits``): the class's
+    module before it is imported, the memory of its weights on the ``meta`` device before it is built.
 
     The class's ``restore_overrides`` (e.g. ResNet's ``{"weights": "none"}``) replace the matching arguments for
     the build, so that nothing the saved weights replace is read (no ImageNet file, offline); the saved values are
     put back afterwards, so the model still describes itself as trained (``hparams.weights == "imagenet"``).
     """
+    limits = limits or CheckpointLimits()
     try:
+        trust.check_class_path(str(class_path), "model class", limits)
         model_class = import_class(class_path, L.LightningModule, "model class")
     except UserError as error:
         raise CheckpointError(f"checkpoint {str(path)!r}: {error}") from None
     saved = constructor_args(hparams)
+    arguments = {**saved, **getattr(model_class, "restore_overrides", {})}
     try:
-        model = model_class(**{**saved, **getattr(model_class, "restore_overrides", {})})
+        trust.check_model_memory(lambda: model_class(**arguments), f"checkpoint {str(path)!r}", limits)
+        model = model_class(**arguments)
     except (TypeError, ValueError, RuntimeError) as error:
         raise CheckpointError(f"checkpoint {str(path)!r} does not match {class_path}: {first_line(error)}") from None
     model.hparams.update(saved)

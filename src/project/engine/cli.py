@@ -45,7 +45,7 @@ from project.engine.callbacks.signals import GracefulInterrupt
 from project.engine.checkpoint import check_resumable, load_checkpoint_file
 from project.engine.configs import PACKAGE_CONFIGS, expand_args, short_names
 from project.engine.entrypoint import own_modules_importable
-from project.engine.errors import CheckpointWriteError, UserError, explain
+from project.engine.errors import CheckpointWriteError, MissingDownload, UserError, explain
 from project.engine.filenames import escape_names
 from project.engine.helptext import PlainHelpParser
 from project.engine.loggers import WANDB_RUN_ID_KEY, WandbOptions, make_loggers, wandb_callbacks
@@ -154,17 +154,31 @@ class TemplateCLI(LightningCLI):
     def instantiate_classes(self) -> None:
         try:
             super().instantiate_classes()
-        except UserError:
+        except (UserError, ValueError, TypeError, MisconfigurationException) as error:
             self.discard_unused_run_dir()
-            raise
-        except (ValueError, TypeError, MisconfigurationException) as error:
-            self.discard_unused_run_dir()
+            missing = _raised_within(error, MissingDownload)  # jsonargparse re-raises a class's error as ValueError
+            if missing is not None:
+                raise MissingDownload("; and ".join([str(missing), *self._missing_data()])) from None
+            if isinstance(error, UserError):
+                raise
             raise UserError(explain(error)) from None
         if self.config["fast_path"]:
             fastpath.install(self.trainer, self.model, self.datamodule)
         network = getattr(self.model, "network", None)
         if self.model.hparams.get("compile") and isinstance(network, torch.nn.Module):
             network.compile()  # --compile; unlike torch.compile(module), keeps the state_dict's keys
+
+    def _missing_data(self) -> list[str]:
+        """What the data set would download too (offline, the second missing file would come one run later)."""
+        data = self.config["data"]
+        try:
+            data_class = import_class(data["class_path"], LightningDataModule, "--data")
+            data_class(**dict(data.get("init_args") or {})).prepare_data()  # downloads what it can
+        except UserError as error:
+            return [str(error)]
+        except (ValueError, TypeError) as error:  # its own arguments: reported as such once the model is there
+            return [explain(error)]
+        return []
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         config = self.config
@@ -237,6 +251,17 @@ class TemplateCLI(LightningCLI):
         if self.config["dashboard_every"] > 0:
             callbacks.append(ClassificationDashboard(run_dir / "dashboard", self.config["dashboard_every"]))
         return callbacks
+
+
+def _raised_within(error: BaseException | None, kind: type[BaseException]) -> BaseException | None:
+    """``error`` or the first exception of ``kind`` it was raised from or during."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, kind):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def _preprocessing(datamodule: LightningDataModule) -> dict[str, Any] | None:

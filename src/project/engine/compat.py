@@ -349,3 +349,20 @@ def _checked_chunk_loader() -> type:
     CheckedChunkLoader.__qualname__ = "CheckedChunkLoader"
     CheckedChunkLoader.__module__ = __name__
     return CheckedChunkLoader
+
+
+#: The paths Lightning 2.6's ``ModelCheckpoint.state_dict`` saves and ``load_state_dict`` restores: at its next save
+#: it removes the restored previous best/last/k-th file (``_remove_checkpoint``, ``fs.rm``), checking the folder for
+#: the ``file`` protocol only and on unresolved paths. :mod:`project.engine.trust` sanitizes them before the restore.
+CHECKPOINT_PATH_FIELDS = ("best_model_path", "kth_best_model_path", "last_model_path")
+CHECKPOINT_DIR_FIELD = "dirpath"
+#: ``{path: score}`` of the kept top-k files, also restored and removed from.
+CHECKPOINT_TOP_K_FIELD = "best_k_models"
+
+
+def litserve_api_key() -> str | None:
+    """LitServe 0.2's API key: ``LIT_SERVER_API_KEY``, read once when ``litserve.server`` is imported; its endpoints
+    compare the ``X-API-Key`` header with it. The serving middleware checks it too, before it reads any body."""
+    from litserve import server
+
+    return server.LIT_SERVER_API_KEY

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ from typing import Any
 import yaml
 
 from project.engine import rundir
-from project.engine.errors import UserError
+from project.engine.errors import UserError, first_line
 
 PACKAGE_CONFIGS = Path(__file__).resolve().parents[3] / "configs"
 
@@ -27,6 +28,84 @@ SHORT_FLAGS = {
     "--seed": "--seed_everything",
     "--model.ema_decay": "--ema_decay",  # a callback's, not the model's: the weights' average is Lightning's callback
 }
+
+
+# ---------------------------------------------------------------------------------------------- bounded YAML
+#: A config is a few kilobytes; a run's config.yaml with 21,841 ImageNet-21k class names is about 400 KB.
+MAX_CONFIG_BYTES = 4 * 2**20
+#: Values (scalars and collections) after YAML aliases are expanded: bounds "billion laughs" and huge lists alike.
+MAX_CONFIG_VALUES = 100_000
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's parser when PyYAML has it: ~10x faster
+
+
+def check_config_text(text: str, source: str) -> None:
+    """Refuse a YAML text (from ``source``, named in the error) that is more than one document or expands, through
+    its aliases, to more than :data:`MAX_CONFIG_VALUES` values; read as a stream of events, so it stops at the bound
+    without building anything."""
+    documents = total = 0
+    anchors: dict[str, int] = {}  # anchor → how many values it expands to
+    open_collections: list[tuple[str | None, int]] = []  # (anchor, total before it)
+    try:
+        for event in yaml.parse(text, Loader=_Loader):
+            if isinstance(event, yaml.DocumentStartEvent):
+                documents += 1
+                if documents > 1:
+                    raise UserError(f"config {source} holds more than one YAML document: a config is one")
+            elif isinstance(event, yaml.CollectionStartEvent):
+                open_collections.append((event.anchor, total))
+                total += 1
+            elif isinstance(event, yaml.CollectionEndEvent):
+                anchor, before = open_collections.pop()
+                if anchor is not None:
+                    anchors[anchor] = total - before
+            elif isinstance(event, yaml.ScalarEvent):
+                total += 1
+                if event.anchor is not None:
+                    anchors[event.anchor] = 1
+            elif isinstance(event, yaml.AliasEvent):
+                total += anchors.get(event.anchor, 1)
+            if total > MAX_CONFIG_VALUES:
+                raise UserError(
+                    f"config {source} holds more than {MAX_CONFIG_VALUES:,} values (with its YAML aliases expanded): "
+                    "a config is bounded to that"
+                )
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or type(error).__name__
+        raise UserError(f"config {source}: not valid YAML{where} ({problem})") from None
+
+
+def read_config(path: str | os.PathLike[str]) -> str:
+    """The text of a config file, refused (one line naming it) when it is too large or unbounded YAML."""
+    try:
+        size = os.path.getsize(path)
+        if size > MAX_CONFIG_BYTES:
+            limit = MAX_CONFIG_BYTES >> 20
+            raise UserError(f"config {path} is {size / 2**20:.1f} MB: a config is bounded to {limit} MB")
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise UserError(f"config {path}: cannot read it ({first_line(error)})") from None
+    check_config_text(text, str(path))
+    return text
+
+
+def load_config(path: str | os.PathLike[str]) -> Any:
+    """``yaml.safe_load`` of a config file within the bounds of :func:`read_config`."""
+    return yaml.safe_load(read_config(path))
+
+
+def check_config_files(args: Sequence[str]) -> None:
+    """Every config file a command line names (``--config FILE``, a ``--model``/``--data`` YAML, a run's
+    ``config.yaml`` on resume) within the bounds, before the parser (jsonargparse) reads any of it."""
+    for index, arg in enumerate(args):
+        flag, eq, value = arg.partition("=")
+        if flag == "--config" and eq:
+            arg = value
+        elif not (arg.endswith((".yaml", ".yml")) or (index > 0 and args[index - 1] == "--config")):
+            continue
+        if os.path.isfile(arg):
+            read_config(arg)
 
 
 def config_dirs() -> list[Path]:
@@ -115,6 +194,7 @@ def expand_args(argv: list[str]) -> list[str]:
         run_dir, _ = rundir.find_resume_checkpoint(resume, root)
         # The run's own config comes right after the defaults: the run continues as it was configured.
         defaults += ["--config", str(run_dir / rundir.CONFIG), "--run_dir", str(run_dir)]
+    check_config_files(defaults + out)
     return defaults + out
 
 
@@ -123,7 +203,7 @@ def is_recipe(path: str) -> bool:
     e.g. its number of epochs) rather than a class path and its arguments. A recipe is passed as ``--config``."""
     if not path.endswith((".yaml", ".yml")) or not Path(path).is_file():
         return False
-    loaded = yaml.safe_load(Path(path).read_text())
+    loaded = load_config(path)
     return isinstance(loaded, dict) and "model" in loaded
 
 
@@ -146,10 +226,7 @@ def named_data_config(data: str) -> tuple[str, dict[str, Any]]:
         if "." not in data:
             raise UserError(f"unknown --data {data!r}: choose one of {', '.join(sorted(names))}, or a class path")
         return data, {}
-    try:
-        config = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as error:
-        raise UserError(f"--data {data}: cannot read {path} ({error})") from None
+    config = load_config(path) or {}
     if not isinstance(config, dict) or "class_path" not in config:
         raise UserError(f"--data {data}: {path} has no class_path")
     return config["class_path"], dict(config.get("init_args") or {})

@@ -19,6 +19,11 @@ class DataError(UserError):
     """A data set that is missing, corrupt or of the wrong shape."""
 
 
+class MissingDownload(UserError):
+    """A file a run downloads when it is missing (pretrained weights) that is not here and could not be downloaded:
+    the command line then also names what else the run would have to download, in the same message."""
+
+
 class CheckpointError(UserError):
     """A checkpoint file that cannot be loaded safely."""
 

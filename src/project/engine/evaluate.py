@@ -24,7 +24,7 @@ from typing import Any
 import lightning as L
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 
-from project.engine import distributed_eval, fastpath
+from project.engine import distributed_eval, fastpath, trust
 from project.engine.callbacks.dashboard import ClassificationDashboard
 from project.engine.checkpoint import load_checkpoint_file, model_from_checkpoint
 from project.engine.configs import named_data_config, parse_overrides
@@ -39,18 +39,24 @@ from project.engine.options import (
     resolve_normalize,
     resolve_precision,
 )
+from project.engine.trust import CheckpointLimits
 
 
 # ---------------------------------------------------------------------------------------------- the data
 def data_config(
-    checkpoint: dict[str, Any], data: str | None = None, overrides: dict[str, Any] | None = None
+    checkpoint: dict[str, Any],
+    data: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    limits: CheckpointLimits | None = None,
 ) -> tuple[str, dict[str, Any]]:
-    """``(class_path, init_args)`` of the data module: the checkpoint's, or ``data``'s, updated by ``overrides``."""
+    """``(class_path, init_args)`` of the data module: the checkpoint's (its module checked against ``limits``
+    before anything imports it), or ``data``'s, updated by ``overrides``."""
     if data is None:
         saved = checkpoint.get("datamodule_hyper_parameters") or {}
         class_path = saved.get("_class_path")
         if not class_path:
             raise UserError("the checkpoint holds no data module configuration: pass --data NAME or CLASS_PATH")
+        trust.check_class_path(str(class_path), "the checkpoint's data module", limits or CheckpointLimits())
         init_args = constructor_args(saved)
     else:
         class_path, init_args = named_data_config(data)
@@ -99,11 +105,13 @@ def evaluate(
     accelerator: str = "auto",
     precision: str = "auto",
     output: str | Path | None = None,
+    limits: CheckpointLimits | None = None,
 ) -> dict[str, Any]:
-    """Test ``checkpoint`` on its data (or ``data``); write and return the result (``test_acc``, ``test_loss``)."""
+    """Test ``checkpoint`` on its data (or ``data``); write and return the result (``test_acc``, ``test_loss``).
+    What the checkpoint may ask for is bounded by ``limits`` (:mod:`project.engine.trust`)."""
     saved = load_checkpoint_file(checkpoint)
-    class_path, init_args = data_config(saved, data, overrides)
-    model = model_from_checkpoint(saved, checkpoint)  # the file is read once
+    class_path, init_args = data_config(saved, data, overrides, limits)
+    model = model_from_checkpoint(saved, checkpoint, limits)  # the file is read once
     datamodule, init_args = make_datamodule(class_path, init_args, model)
     _check_compatible(model, datamodule)
     output = Path(output) if output else checkpoint_run_dir(checkpoint) / "eval" / "eval.json"
@@ -168,6 +176,7 @@ def build_parser() -> ArgumentParser:
         "--precision", default="auto", help="Lightning precision; auto (default) is the training default."
     )
     parser.add_argument("--output", help="Where to write eval.json (default: <run>/eval/eval.json).")
+    trust.add_arguments(parser)
     return parser
 
 
@@ -175,7 +184,8 @@ def _main(argv: list[str]) -> int:
     args, rest = build_parser().parse_known_args(argv)
     overrides = parse_overrides(rest)
     check_gpu(args.accelerator)
-    result = evaluate(args.ckpt, args.data, overrides, args.accelerator, args.precision, args.output)
+    limits = trust.limits_from_args(args)
+    result = evaluate(args.ckpt, args.data, overrides, args.accelerator, args.precision, args.output, limits)
     if distributed_eval.is_global_zero():
         print(
             f"test acc {100 * result['test_acc']:.2f}% | test loss {result['test_loss']:.4f} | data {result['data']}\n"

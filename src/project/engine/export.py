@@ -27,10 +27,12 @@ import lightning as L
 import torch
 from torch import nn
 
+from project.engine import trust
 from project.engine.checkpoint import METADATA_FILE, decode_metadata, load_model, rebuild_model
 from project.engine.entrypoint import CKPT_HELP, ArgumentParser, checkpoint_run_dir, run_main
 from project.engine.errors import CheckpointError, UserError, first_line
 from project.engine.options import constructor_args
+from project.engine.trust import CheckpointLimits
 
 FORMATS = {"exported": ".pt2", "onnx": ".onnx", "torchscript": ".pt", "safetensors": ".safetensors"}
 
@@ -52,11 +54,14 @@ def default_output(checkpoint: str | Path, fmt: str) -> Path:
     return checkpoint_run_dir(checkpoint) / "export" / (Path(checkpoint).stem + FORMATS[fmt])
 
 
-def export(checkpoint: str | Path, fmt: str, output: str | Path | None = None) -> Path:
-    """Export the network of ``checkpoint`` as ``fmt`` to ``output`` (default: :func:`default_output`)."""
+def export(
+    checkpoint: str | Path, fmt: str, output: str | Path | None = None, limits: CheckpointLimits | None = None
+) -> Path:
+    """Export the network of ``checkpoint`` (loaded within ``limits``) as ``fmt`` to ``output`` (default:
+    :func:`default_output`)."""
     if fmt not in FORMATS:
         raise UserError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
-    model = load_model(checkpoint)
+    model = load_model(checkpoint, limits=limits)
     if model.network is None or not model.hparams.get("input_shape"):
         raise UserError("the checkpoint has no built network or input shape: was it trained with this template?")
     network = model.network.eval()
@@ -135,8 +140,11 @@ def export_safetensors(network: nn.Module, example: torch.Tensor, path: Path, me
     save_file(state, str(path), metadata=meta)
 
 
-def load_safetensors(path: str | Path) -> tuple[L.LightningModule, dict[str, Any]]:
-    """Rebuild the model (in eval mode) from an exported safetensors file; also return its decoded metadata."""
+def load_safetensors(
+    path: str | Path, limits: CheckpointLimits | None = None
+) -> tuple[L.LightningModule, dict[str, Any]]:
+    """Rebuild the model (in eval mode) from an exported safetensors file, its class and size checked against
+    ``limits`` as a checkpoint's are; also return its decoded metadata."""
     from safetensors import safe_open
     from safetensors.torch import load_file
 
@@ -145,7 +153,7 @@ def load_safetensors(path: str | Path) -> tuple[L.LightningModule, dict[str, Any
     if "model_class" not in raw:
         raise UserError(f"{path}: not a safetensors file exported by this template (no model_class metadata)")
     meta = decode_metadata(raw)
-    model = rebuild_model(meta["model_class"], meta["hyper_parameters"], path)
+    model = rebuild_model(meta["model_class"], meta["hyper_parameters"], path, limits)
     try:
         model.network.load_state_dict(load_file(str(path)))
     except RuntimeError as error:
@@ -159,12 +167,13 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--ckpt", required=True, help=CKPT_HELP)
     parser.add_argument("--format", required=True, choices=list(FORMATS), help="Export format.")
     parser.add_argument("--output", help="Output file (default: <run>/export/<checkpoint name>.<ext>).")
+    trust.add_arguments(parser)
     return parser
 
 
 def _main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    path = export(args.ckpt, args.format, args.output)
+    path = export(args.ckpt, args.format, args.output, trust.limits_from_args(args))
     print(f"exported {args.format}: {path}")
     return 0
 

@@ -17,12 +17,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
-import yaml
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-from project.engine import compat, rundir
+from project.engine import compat, configs, rundir
 from project.engine.errors import UserError
 
 #: Checkpoint key holding the W&B run id, so that ``--resume`` continues the same W&B run.
@@ -145,7 +144,7 @@ class ConfigWandbLogger(WandbLogger):
             return
         import wandb
 
-        config = yaml.safe_load(self.config_file.read_text()) or {}
+        config = configs.load_config(self.config_file) or {}
         self.experiment.config.update(config, allow_val_change=True)
         artifact = wandb.Artifact(f"config-{self.experiment.id}", type="config")
         artifact.add_file(str(self.config_file), name=rundir.CONFIG)

@@ -20,6 +20,7 @@ from typing import NamedTuple
 import lightning as L
 import torch
 
+from project.engine import trust
 from project.engine.checkpoint import load_model
 from project.engine.data.files import extension_counts, is_image_name
 from project.engine.entrypoint import CKPT_HELP, ArgumentParser, run_main
@@ -156,6 +157,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--topk", type=int, default=3, help="How many classes to list per image (default: 3).")
     parser.add_argument("--batch_size", type=int, default=64, help="Images per forward pass (default: 64).")
     parser.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda, cuda:1, mps.")
+    trust.add_arguments(parser)
     return parser
 
 
@@ -177,7 +179,7 @@ def _main(argv: list[str]) -> int:
         raise UserError("--topk and --batch_size must be at least 1")
     device = _device(args.device)
     found = find_images(args.inputs)
-    model = load_model(args.ckpt)
+    model = load_model(args.ckpt, limits=trust.limits_from_args(args))
     predictions = predict_files(model, found.files, args.topk, args.batch_size, device)
     output = write_csv(predictions, args.output)
     print_table(predictions)

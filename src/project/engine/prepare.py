@@ -167,6 +167,7 @@ def write(
         inputs = [inputs[i] for i in order]
         if inputs:
             workers = max(1, min(num_workers, len(inputs)))
+            print(f"writing {split}: {len(inputs)} images, {workers} processes", flush=True)
             # keep_data_ordered: each worker gets a fixed share, so the same inputs always give the same shards;
             # fork: the workers start at once instead of importing torch again (spawn), and nothing here uses CUDA.
             try:
@@ -179,6 +180,7 @@ def write(
                     mode="overwrite",
                     keep_data_ordered=True,
                     start_method="fork",
+                    verbose=False,  # LitData's own lines (an invitation to its cloud, per-worker notes, its bar)
                 )
             except RuntimeError as error:  # LitData reports a writer's failure as its traceback in a RuntimeError
                 refused = _write_refused(error)

@@ -18,13 +18,14 @@ from typing import Any
 
 import lightning as L
 from lightning.fabric.plugins.environments import SLURMEnvironment
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, Logger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from project.engine import compat
 from project.engine.errors import UserError
 from project.engine.filenames import escape_names
+from project.engine.trust import RestoredPathsCheck
 
 SUMMARY = "summary.json"
 CHECKPOINTS = "checkpoints"
@@ -132,8 +133,10 @@ def run_dir_of(checkpoint: str | os.PathLike[str]) -> Path:
     return path.parent.parent if path.parent.name == CHECKPOINTS else path.parent
 
 
-def checkpoint_callbacks(checkpoints: str | os.PathLike[str]) -> list[ModelCheckpoint]:
-    """``best.ckpt`` (highest val accuracy) and ``last.ckpt`` (the end of the latest epoch) in ``checkpoints``.
+def checkpoint_callbacks(checkpoints: str | os.PathLike[str]) -> list[Callback]:
+    """``best.ckpt`` (highest val accuracy) and ``last.ckpt`` (the end of the latest epoch) in ``checkpoints``, after
+    the check that a resumed checkpoint's saved paths stay in that folder
+    (:class:`~project.engine.trust.RestoredPathsCheck`: Lightning removes the previous files they name).
 
     Two callbacks, because Lightning's ``save_last`` rewrites ``last.ckpt`` only when the best checkpoint changes
     (since 2.6): once validation accuracy stops improving, a resume would go back to the last improvement.
@@ -148,7 +151,7 @@ def checkpoint_callbacks(checkpoints: str | os.PathLike[str]) -> list[ModelCheck
     )
     # No monitor and top-1: the newest checkpoint, always under the same name.
     last = ModelCheckpoint(dirpath=checkpoints, filename=LAST, save_top_k=1, enable_version_counter=False)
-    return [best, last]
+    return [RestoredPathsCheck(checkpoints), best, last]
 
 
 def last_checkpoint_path(trainer: L.Trainer) -> str:

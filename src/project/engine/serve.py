@@ -12,19 +12,28 @@ from __future__ import annotations
 
 import base64
 import binascii
+import io
+import multiprocessing
+import signal
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
+from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
+from project.engine import trust
 from project.engine.checkpoint import load_exported, load_model
+from project.engine.data import DEFAULT_MAX_IMAGE_PIXELS
 from project.engine.entrypoint import CKPT_HELP, ArgumentParser, run_main
-from project.engine.errors import UserError
+from project.engine.errors import UserError, first_line
 from project.engine.inputs import EmptyImage, ImageTooLarge, NotAnImage, bytes_input, saved_preprocessing
 from project.engine.options import check_gpu
-from project.engine.serve_http import PageAndRawImages
+from project.engine.serve_http import DEFAULT_MAX_BODY_SIZE, PageAndRawImages
+from project.engine.serve_metrics import BATCH_SIZE, MetricsLogger, metrics_folder
+from project.engine.trust import CheckpointLimits
 
 try:
     from fastapi import HTTPException
@@ -41,12 +50,13 @@ class Served(NamedTuple):
     preprocessing: dict[str, Any]
 
 
-def load_served(path: str | Path, device: torch.device | str = "cpu") -> Served:
-    """A checkpoint of this template, or a ``.pt2`` program exported from one, ready to serve on ``device``."""
+def load_served(path: str | Path, device: torch.device | str = "cpu", limits: CheckpointLimits | None = None) -> Served:
+    """A checkpoint of this template (loaded within ``limits``), or a ``.pt2`` program exported from one, ready to
+    serve on ``device``."""
     if Path(path).suffix == ".pt2":
         program, meta = load_exported(path)
         return Served(program.module().to(device), list(meta["class_names"]), meta["preprocessing"])
-    model = load_model(path, map_location=device)
+    model = load_model(path, map_location=device, limits=limits)
     return Served(model.eval(), *saved_preprocessing(model, path))
 
 
@@ -56,18 +66,25 @@ class ClassifierAPI(LitAPI):
     Built in the server process and sent to each worker, which loads the model in :meth:`setup`.
     """
 
-    def __init__(self, source: str | Path, topk: int = 5, max_batch_size: int = 1, batch_timeout: float = 0.0) -> None:
+    def __init__(
+        self,
+        source: str | Path,
+        topk: int = 5,
+        max_batch_size: int = 1,
+        batch_timeout: float = 0.0,
+        limits: CheckpointLimits | None = None,
+    ) -> None:
         super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout)
-        self.source, self.topk = str(source), topk
+        self.source, self.topk, self.limits = str(source), topk, limits
 
     def setup(self, device: str) -> None:
         self.device = torch.device(device)
-        self.served = load_served(self.source, self.device)
+        self.served = load_served(self.source, self.device, self.limits)
 
     def decode_request(self, request):  # noqa: ANN001 - unannotated: LitServe then hands over the parsed body
         """One image from the request, as the model input (a 4xx with a one-line reason when it is not usable)."""
         try:
-            return bytes_input(image_bytes(request), self.served.preprocessing)
+            return request_input(image_bytes(request), self.served.preprocessing)
         except ImageTooLarge as error:
             raise HTTPException(413, str(error)) from None
         except EmptyImage as error:
@@ -80,6 +97,7 @@ class ClassifierAPI(LitAPI):
 
     def predict(self, images: Tensor) -> Tensor:
         single = images.ndim == 3  # without batching (--max_batch_size 1) LitServe passes one input
+        self.log(BATCH_SIZE, 1 if single else len(images))  # GET /metrics' batch-size histogram
         images = (images[None] if single else images).to(self.device, non_blocking=True)
         with torch.inference_mode():
             probabilities = self.served.network(images).float().softmax(dim=-1).cpu()
@@ -93,6 +111,29 @@ class ClassifierAPI(LitAPI):
         values, indices = probabilities.topk(min(self.topk, len(names)))
         pairs = zip(indices.tolist(), values.tolist(), strict=True)
         return {"predictions": [{"class": names[index], "probability": value} for index, value in pairs]}
+
+
+def request_input(data: bytes, preprocessing: dict[str, Any]) -> Tensor:
+    """The model input for a request's image: every byte is decoded by Pillow first, which reports corrupt data as an
+    error, because torchvision's native PNG decoder crashes the process (SIGSEGV) on some corrupt files (e.g. a
+    valid header with corrupt IDAT data), which would take the worker down. The one guard the server calls."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)  # checked below, before any decoding
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                if image.width * image.height > DEFAULT_MAX_IMAGE_PIXELS:
+                    raise ImageTooLarge(
+                        f"{image.width}x{image.height} pixels is more than {DEFAULT_MAX_IMAGE_PIXELS}: refused as a "
+                        "possible decompression bomb"
+                    )
+                image.load()
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+            raise ImageTooLarge(f"refused as a decompression bomb ({error})") from None
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as error:
+            if not data:
+                raise EmptyImage("empty body: no image") from None
+            raise NotAnImage(f"not an image Pillow can decode ({first_line(error)})") from None
+    return bytes_input(data, preprocessing)
 
 
 def image_bytes(request: Any) -> bytes:
@@ -122,6 +163,12 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--devices", default="auto", help="Devices to serve on (default: all of the accelerator's).")
     parser.add_argument("--workers_per_device", type=int, default=1, help="Model copies per device (default 1).")
     parser.add_argument("--timeout", type=float, default=30, help="Seconds before a request times out (default 30).")
+    parser.add_argument(
+        "--max_body_size",
+        default=DEFAULT_MAX_BODY_SIZE,
+        help=f"Larger request bodies get a 413 before they are read whole (default {DEFAULT_MAX_BODY_SIZE}).",
+    )
+    trust.add_arguments(parser)
     return parser
 
 
@@ -133,8 +180,15 @@ def _main(argv: list[str]) -> int:
             raise UserError(f"--{name} must be at least 1, got {getattr(args, name)}")
     if LitServer is None:
         raise UserError("serving needs LitServe: pip install -e '.[serve]'")
-    load_served(args.ckpt)  # a bad file is one line here, before any worker starts
-    api = ClassifierAPI(args.ckpt, args.topk, args.max_batch_size, args.batch_timeout)
+    limits = trust.limits_from_args(args)
+    max_body_size = trust.parse_size(args.max_body_size, "--max_body_size")
+    load_served(args.ckpt, limits=limits)  # a bad file is one line here, before any worker starts
+    api = ClassifierAPI(args.ckpt, args.topk, args.max_batch_size, args.batch_timeout, limits)
+    with metrics_folder():
+        return _serve(args, api, max_body_size)
+
+
+def _serve(args: Any, api: ClassifierAPI, max_body_size: int) -> int:
     devices = args.devices if args.devices == "auto" else int(args.devices)
     server = LitServer(
         api,
@@ -142,11 +196,31 @@ def _main(argv: list[str]) -> int:
         devices=devices,
         workers_per_device=args.workers_per_device,
         timeout=args.timeout,
-        middlewares=[PageAndRawImages],
+        middlewares=[(PageAndRawImages, {"max_body_size": max_body_size})],
+        restart_workers=True,  # a worker that dies anyway (a native crash) is replaced; the others serve meanwhile
+        loggers=[MetricsLogger()],  # GET /metrics
     )
-    print(f"serving {args.ckpt} on http://{args.host}:{args.port}/ (POST /predict, GET /health)", flush=True)
-    server.run(host=args.host, port=args.port, generate_client_file=False)
-    return 0
+    print(
+        f"serving {args.ckpt} on http://{args.host}:{args.port}/ (POST /predict, GET /health, GET /metrics)", flush=True
+    )
+    # SIGTERM (kill, a supervisor, a container stop) ends the server as Ctrl+C does: LitServe's shutdown stops its
+    # API servers, workers and manager; by default SIGTERM ends this process alone and leaves them serving the port.
+    stopped_by: list[int] = []
+
+    def interrupt(signum: int, frame: Any) -> None:
+        stopped_by.append(signum)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGINT, interrupt)
+    try:
+        server.run(host=args.host, port=args.port, generate_client_file=False)
+    except KeyboardInterrupt:
+        pass  # a stop while LitServe was still starting (after, it handles it itself): its processes end below
+    finally:
+        for child in multiprocessing.active_children():  # whatever LitServe left running (a shutdown cut short)
+            child.kill()
+    return 128 + stopped_by[0] if stopped_by else 0  # the shell's convention: 143 for SIGTERM, 130 for SIGINT
 
 
 def main(argv: Sequence[str] | None = None) -> int:

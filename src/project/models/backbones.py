@@ -16,7 +16,7 @@ import torch
 import torchvision
 from torch import nn
 
-from project.engine.api import Preprocessing, UserError
+from project.engine.api import MissingDownload, Preprocessing, UserError
 
 TIMM_PREFIX = "timm/"
 #: Built without their auxiliary heads (which only train with a loss of their own).
@@ -163,7 +163,7 @@ def pretrained_state(name: str, input_shape: tuple[int, int, int]) -> dict[str, 
         # Built by torchvision's own builder: it repairs old state dicts' keys (DenseNet) as it loads them.
         state = torchvision.models.get_model(name, weights=spec, progress=False).state_dict()
     except (OSError, ValueError) as error:  # URLError is an OSError
-        raise UserError(
+        raise MissingDownload(
             f"{name} ImageNet weights are not in torchvision's cache and could not be downloaded ({error}); put the"
             f" file {os.path.basename(spec.url)} into {folder} (as {cached}, from {spec.url}), or pass --model.weights"
             " PATH or none"
