@@ -13,9 +13,10 @@ from pathlib import Path
 
 import processes
 import pytest
+import torch
 from conftest import RUN_TIMEOUT, TRAIN_SCRIPT
 from fakedata import write_mnist
-from test_resume import _run, _straight_and_interrupted, assert_same_training
+from test_resume import assert_same_training
 from test_streaming import STREAM_TINY
 
 from project.engine import prepare
@@ -46,8 +47,7 @@ def _args(shards: Path) -> list[str]:
 def straight(shards_1439: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The run that is never stopped."""
     cwd = tmp_path_factory.mktemp("straight")
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        assert _run(cwd, monkeypatch, *_args(shards_1439), "--run_dir", "straight", tiny=STREAM_TINY) == 0
+    assert _finish(_train(cwd, *_args(shards_1439), "--run_dir", "straight")) == 0
     return cwd / "straight"
 
 
@@ -60,29 +60,42 @@ LAST_BATCH = pytest.param(
 )
 
 
+def _train(cwd: Path, *args: str, signum: int | None = None, step: int = 0) -> processes.subprocess.Popen:
+    """scripts/train.py in a child process (``signum`` sent to itself after training step ``step``): a stopped
+    run's loader workers go with its process, as for a user, instead of staying in the test session."""
+    if signum is not None:
+        stop = [{"class_path": "test_resume.SignalAtStep", "init_args": {"step": step, "signum": signum}}]
+        args = (*args, "--trainer.callbacks", json.dumps(stop))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+    tiny = [] if "--resume" in args else STREAM_TINY
+    return processes.start([sys.executable, str(TRAIN_SCRIPT), *tiny, *args], cwd=cwd, env=env)
+
+
+def _finish(process: processes.subprocess.Popen) -> int:
+    code = process.wait(timeout=RUN_TIMEOUT)
+    processes.end(process)  # what a killed run leaves (its forkserver) goes with it, as a job scheduler ends it
+    return code
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("stop_at", [STEPS + 7, STEPS - 1, LAST_BATCH], ids=["mid-epoch", "last-full-batch", None])
-def test_sigterm_then_resume_is_bit_identical(
-    stop_at: int, shards_1439: Path, straight: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    interrupted = _straight_and_interrupted(tmp_path, monkeypatch, _args(shards_1439), stop_at, tiny=STREAM_TINY)
+def test_sigterm_then_resume_is_bit_identical(stop_at: int, shards_1439: Path, straight: Path, tmp_path: Path) -> None:
+    stopped = _train(tmp_path, *_args(shards_1439), "--run_dir", "resumed", signum=int(signal.SIGTERM), step=stop_at)
+    assert _finish(stopped) == 143
+    interrupted = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=True)
     assert interrupted["global_step"] == stop_at
-    assert _run(tmp_path, monkeypatch, "--resume", "resumed/checkpoints/last.ckpt", "--trainer.callbacks", "[]") == 0
+    resumed = _train(tmp_path, "--resume", "resumed/checkpoints/last.ckpt", "--trainer.callbacks", "[]")
+    assert _finish(resumed) == 0
     assert_same_training(tmp_path / "resumed", straight)
 
 
 @pytest.mark.slow
 def test_kill_after_an_epoch_then_resume_from_its_checkpoint_is_bit_identical(
-    shards_1439: Path, straight: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    shards_1439: Path, straight: Path, tmp_path: Path
 ) -> None:
     # SIGKILL two steps into the second epoch: no handler runs, last.ckpt is the first epoch's.
-    kill = json.dumps(
-        [{"class_path": "test_resume.SignalAtStep", "init_args": {"step": STEPS + 2, "signum": int(signal.SIGKILL)}}]
-    )
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
-    command = [sys.executable, str(TRAIN_SCRIPT), *STREAM_TINY, *_args(shards_1439), "--run_dir", "resumed"]
-    killed = processes.start([*command, "--trainer.callbacks", kill], cwd=tmp_path, env=env)
-    assert killed.wait(timeout=RUN_TIMEOUT) == -signal.SIGKILL
-    processes.end(killed)  # what a killed run leaves (its forkserver) goes with it, as a job scheduler ends it
-    assert _run(tmp_path, monkeypatch, "--resume", "resumed/checkpoints/last.ckpt", "--trainer.callbacks", "[]") == 0
+    killed = _train(tmp_path, *_args(shards_1439), "--run_dir", "resumed", signum=int(signal.SIGKILL), step=STEPS + 2)
+    assert _finish(killed) == -signal.SIGKILL
+    resumed = _train(tmp_path, "--resume", "resumed/checkpoints/last.ckpt", "--trainer.callbacks", "[]")
+    assert _finish(resumed) == 0
     assert_same_training(tmp_path / "resumed", straight)
