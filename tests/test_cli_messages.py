@@ -11,7 +11,7 @@ from torchvision.datasets import CIFAR10, MNIST
 from torchvision.models import ResNet18_Weights
 
 from project.datamodules import CIFAR10DataModule, MNISTDataModule
-from project.engine.callbacks.recipe import LR_FIND_PLOT
+from project.engine.callbacks.training_flags import LR_FIND_PLOT
 from project.engine.cli import main
 from project.engine.errors import DataError
 

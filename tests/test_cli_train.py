@@ -169,7 +169,7 @@ def test_every_model_trains_on_every_data_set(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, data_root: Path, folder_root: Path, model: str, data: str
 ) -> None:
     root = folder_root if data == "folder" else data_root
-    extra = ["--data.image_size", "32"] if data == "folder" else []
+    extra = ["--data.image_size", "32"]  # ResNet-18 at 224 px (its default) is tests/test_frozen_features.py's
     RecordInitialWeights.weights = {}
     record = json.dumps([{"class_path": "test_cli_train.RecordInitialWeights"}])
     extra += ["--trainer.callbacks", record]

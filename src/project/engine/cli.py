@@ -36,7 +36,7 @@ from project.engine import (
     fastpath,
     rundir,
 )
-from project.engine.callbacks import recipe
+from project.engine.callbacks import training_flags
 from project.engine.callbacks.atomic_io import AtomicCheckpointIO
 from project.engine.callbacks.dashboard import ClassificationDashboard
 from project.engine.callbacks.nonfinite import NonFiniteLossCheck, NonFiniteLossError
@@ -120,7 +120,7 @@ class TemplateCLI(LightningCLI):
             "--fast_path", type=bool, default=True, help="The speed machinery (engine/fastpath); false to debug."
         )
         parser.add_class_arguments(WandbOptions, "wandb")
-        recipe.add_arguments(parser)  # --ema_decay, --swa_lrs, --find_lr, --find_batch_size
+        training_flags.add_arguments(parser)  # --ema_decay, --swa_lrs, --find_lr, --find_batch_size
         # The groups' headings say what the options are for (jsonargparse takes the first paragraph of Lightning's base
         # classes' docstrings, about Lightning; the LightningDataModule's ends mid-sentence).
         for group, what in (("model", "a LightningModule"), ("data", "a LightningDataModule")):
@@ -211,7 +211,7 @@ class TemplateCLI(LightningCLI):
             if rank_zero_only.rank == 0:
                 print(f"resuming {escape_names(str(self.run_dir))} ({rundir.describe_checkpoint(resumed)})")
         if resumed and config.get("find_batch_size"):
-            recipe.restore_found_batch_size(self.datamodule, resumed)
+            training_flags.restore_found_batch_size(self.datamodule, resumed)
         wandb_id = resumed.get(WANDB_RUN_ID_KEY) if config["logger"] == "wandb" else None
         kwargs["logger"] = make_loggers(config["logger"], self.run_dir, WandbOptions(**config["wandb"]), wandb_id)
         rundir.continue_metrics_log(kwargs["logger"], int(resumed.get("global_step", 0)))
@@ -243,7 +243,7 @@ class TemplateCLI(LightningCLI):
             NonFiniteLossCheck(),  # before GracefulInterrupt: a non-finite step must not be checkpointed
             # Before GracefulInterrupt: a step's weight average is updated before a stop saves it; before the
             # monitor: SWA sets the learning rate it logs.
-            *recipe.recipe_callbacks(self.config, run_dir, self.ckpt_path is not None, uses_gpu(accelerator)),
+            *training_flags.flag_callbacks(self.config, run_dir, self.ckpt_path is not None, uses_gpu(accelerator)),
             LearningRateMonitor(logging_interval="epoch"),
             GracefulInterrupt(),
             *wandb_callbacks(self.config["logger"], WandbOptions(**self.config["wandb"])),

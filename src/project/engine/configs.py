@@ -146,7 +146,7 @@ def expand_args(argv: list[str]) -> list[str]:
             args.append(arg)
 
     out: list[str] = []
-    model_name = data_name = recipe = None
+    model_name = data_name = whole_config = None
     index = 0
     while index < len(args):
         arg = args[index]
@@ -154,10 +154,10 @@ def expand_args(argv: list[str]) -> list[str]:
         if arg in ("--model", "--data") and value is not None and not value.startswith("--"):
             group, path = arg[2:], _resolve_name(arg[2:], value)
             if group == "model":
-                model_name, recipe = value, path if is_recipe(path) else None
+                model_name, whole_config = value, path if is_whole_config(path) else None
             else:
                 data_name = value
-            if not (group == "model" and recipe):
+            if not (group == "model" and whole_config):
                 out += [arg, path]
             index += 2
             continue
@@ -180,11 +180,11 @@ def expand_args(argv: list[str]) -> list[str]:
     defaults: list[str] = []
     if model_name is None:
         path = _resolve_name("model", DEFAULT_MODEL)
-        recipe = path if is_recipe(path) else None
-        if recipe is None:
+        whole_config = path if is_whole_config(path) else None
+        if whole_config is None:
             defaults += ["--model", path]
-    if recipe is not None:  # before every flag, which override it
-        defaults += ["--config", recipe]
+    if whole_config is not None:  # before every flag, which override it
+        defaults += ["--config", whole_config]
     if data_name is None:
         data_default = DEFAULT_DATA.get(model_name or DEFAULT_MODEL, "mnist")
         defaults += ["--data", _resolve_name("data", data_default)]
@@ -198,9 +198,10 @@ def expand_args(argv: list[str]) -> list[str]:
     return defaults + out
 
 
-def is_recipe(path: str) -> bool:
-    """Whether a model's YAML is a recipe: a whole config (``model:`` and the ``trainer:`` settings that go with it,
-    e.g. its number of epochs) rather than a class path and its arguments. A recipe is passed as ``--config``."""
+def is_whole_config(path: str) -> bool:
+    """Whether a model's YAML is a whole config (``model:`` and the ``trainer:`` settings that go with it, e.g. its
+    number of epochs), as the template's are, rather than a class path and its arguments. It is passed as
+    ``--config``."""
     if not path.endswith((".yaml", ".yml")) or not Path(path).is_file():
         return False
     loaded = load_config(path)

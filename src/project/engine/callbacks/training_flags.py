@@ -1,4 +1,4 @@
-"""The training-recipe flags of the command line, each one of Lightning's own callbacks.
+"""The training flags of the command line, each one of Lightning's own callbacks (or the engine's).
 
 ``--ema_decay`` and ``--swa_lrs`` (``WeightAveraging``: validation, checkpoints, the test and exports use the
 averaged weights; :mod:`project.callbacks.averaging`), ``--find_lr`` (``LearningRateFinder``: the suggestion
@@ -28,7 +28,7 @@ SWA_CLASS = "project.callbacks.averaging.SWA"
 
 
 def add_arguments(parser: Any) -> None:
-    """The recipe's flags, on LightningCLI's parser."""
+    """The training flags, on LightningCLI's parser."""
     parser.add_argument(
         "--ema_decay", type=float | None, default=None, help="Keep an EMA of the weights (e.g. 0.999) and use it."
     )
@@ -60,8 +60,8 @@ def add_arguments(parser: Any) -> None:
     )
 
 
-def recipe_callbacks(config: Any, run_dir: Path, resumed: bool, on_gpu: bool) -> list[Callback]:
-    """The callbacks the recipe's flags ask for; a one-line :class:`UserError` for impossible ones."""
+def flag_callbacks(config: Any, run_dir: Path, resumed: bool, on_gpu: bool) -> list[Callback]:
+    """The callbacks the training flags ask for; a one-line :class:`UserError` for impossible ones."""
     callbacks: list[Callback] = []
     decay = config.get("ema_decay")
     if decay is not None:

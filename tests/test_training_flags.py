@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 
 from project.datamodules import MNISTDataModule
 from project.engine import evaluate, export
-from project.engine.callbacks.recipe import LR_FIND_PLOT
+from project.engine.callbacks.training_flags import LR_FIND_PLOT
 from project.engine.checkpoint import load_model
 from project.engine.cli import main as train
 
@@ -87,7 +87,7 @@ class RecordStepWeights(Callback):
 def test_ema_is_the_exponential_average_of_every_steps_weights_at_the_decay_given(
     tmp_path: Path, data_root: Path
 ) -> None:
-    run, record = tmp_path / "run", json.dumps([{"class_path": "test_recipe.RecordStepWeights"}])
+    run, record = tmp_path / "run", json.dumps([{"class_path": "test_training_flags.RecordStepWeights"}])
     RecordStepWeights.weights = []
     args = [*TINY, "--model", "mlp", "--data.root", str(data_root), "--trainer.max_epochs", "2"]
     args += ["--model.batch_norm", "true", "--trainer.callbacks", record]  # BatchNorm: buffers are averaged too
@@ -118,7 +118,7 @@ class RecordEpochEndWeights(Callback):
 
 @pytest.mark.slow
 def test_swa_averages_the_weights_of_its_epochs_at_the_annealed_learning_rate(tmp_path: Path, data_root: Path) -> None:
-    run, record = tmp_path / "run", json.dumps([{"class_path": "test_recipe.RecordEpochEndWeights"}])
+    run, record = tmp_path / "run", json.dumps([{"class_path": "test_training_flags.RecordEpochEndWeights"}])
     RecordEpochEndWeights.weights = []
     args = [*TINY, "--model", "mlp", "--data.root", str(data_root), "--trainer.max_epochs", "3"]
     args += ["--model.scheduler", "none", "--model.lr", "0.002", "--trainer.callbacks", record]
