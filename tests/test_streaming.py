@@ -73,12 +73,13 @@ def test_data_module_reads_shape_classes_and_statistics_from_the_data_set(mnist_
     assert images.dtype == torch.uint8 and images.shape == (8, 1, 28, 28) and labels.shape == (8,)
 
 
-def test_training_from_shards_learns_and_saves_the_data_set_for_evaluation(
+def test_training_from_shards_tests_and_saves_the_data_set_for_evaluation(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mnist_shards: Path
 ) -> None:
     monkeypatch.chdir(tmp_path)
     args = [*STREAM_TINY, "--data", "streaming", "--data.input_dir", str(mnist_shards), "--run_dir", "run"]
     assert main([*args, "--data.num_workers", "2"]) == 0
+    # That shards learn as the folder does: test_streaming_shards.py (the accuracy of both on the same split).
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["data"].endswith("StreamingDataModule") and summary["test_acc"] is not None
     checkpoint = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)

@@ -10,11 +10,13 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import boto3
 import processes
 import pytest
 import torch
+from lightning.pytorch.callbacks import Callback
 from test_streaming import STREAM_TINY, prepare_mnist
 
 from project.engine.cli import main
@@ -92,16 +94,36 @@ def test_prepare_data_writes_the_same_data_set_to_the_bucket_as_to_a_directory(s
             assert remote == (local / name).read_bytes(), name
 
 
-def test_training_from_the_bucket_equals_training_from_the_local_directory(
+#: Bytes of chunk files in the remote run's cache, seen after each training step (CacheSize).
+CACHE_SIZES: list[int] = []
+
+
+class CacheSize(Callback):
+    """Records how many bytes of shards the cache holds after each training step."""
+
+    def __init__(self, cache_dir: str) -> None:
+        self.cache_dir = Path(cache_dir)
+
+    def on_train_batch_end(self, *args: Any) -> None:
+        CACHE_SIZES.append(sum(path.stat().st_size for path in self.cache_dir.rglob("chunk-*.bin")))
+
+
+def test_training_from_the_bucket_equals_training_from_the_local_directory_within_the_cache_bound(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, s3_shards: tuple[str, Path]
 ) -> None:
     url, local = s3_shards
     monkeypatch.chdir(tmp_path)
     cache = tmp_path / "cache"
+    chunks = sorted((local / "train").glob("chunk-*.bin"))
+    bound, largest = 24 * 1024, max(path.stat().st_size for path in chunks)
+    assert sum(path.stat().st_size for path in chunks) > 3 * bound  # the bound must evict to hold
     common = [*STREAM_TINY, "--data", "streaming", "--data.num_workers", "2", "--model", "deepnet"]
+    common += ["--trainer.limit_train_batches", "1.0"]  # a whole epoch: every shard of the split is read
     assert main([*common, "--data.input_dir", str(local), "--run_dir", "local"]) == 0
-    remote = ["--data.input_dir", url, "--data.cache_dir", str(cache), "--data.max_cache_size", "1MB"]
-    assert main([*common, *remote, "--run_dir", "remote"]) == 0
+    remote = ["--data.input_dir", url, "--data.cache_dir", str(cache), "--data.max_cache_size", f"{bound}B"]
+    watch = json.dumps([{"class_path": "test_streaming_s3.CacheSize", "init_args": {"cache_dir": str(cache)}}])
+    CACHE_SIZES.clear()
+    assert main([*common, *remote, "--run_dir", "remote", "--trainer.callbacks", watch]) == 0
     weights = [
         torch.load(tmp_path / run / "checkpoints" / "last.ckpt", weights_only=True) for run in ("local", "remote")
     ]
@@ -110,7 +132,10 @@ def test_training_from_the_bucket_equals_training_from_the_local_directory(
         assert torch.equal(weights[1]["state_dict"][key], tensor), key
     summaries = [json.loads((tmp_path / run / "summary.json").read_text()) for run in ("local", "remote")]
     assert summaries[0]["test_acc"] == summaries[1]["test_acc"] and summaries[0]["test_acc"] is not None
-    assert any(cache.rglob("chunk-*.bin"))  # the shards came through the local cache
+    # Every shard came through the cache, which never held much more than its bound: what is being read and what
+    # each of the two workers fetches ahead, a chunk each, beyond it.
+    assert CACHE_SIZES and max(CACHE_SIZES) > 0
+    assert max(CACHE_SIZES) <= bound + 2 * largest, (max(CACHE_SIZES), bound, largest)
 
 
 @pytest.mark.parametrize(

@@ -292,6 +292,28 @@ def awaited_worker(iterator: Any) -> int | None:
     return int(info[0]) if info else None
 
 
+def count_batch_as_its_length(loader: Any, length: int) -> None:
+    """litdata 0.2.76's ``StreamingDataLoader.__iter__`` counts each batch it yields as ``batch_size`` samples
+    (``_num_samples_yielded_streaming``), each worker's last, shorter batch too: the position saved at an epoch's end
+    then overshoots the split (1,472 of 1,439 samples) and a resume from it fails. Counted as its length instead,
+    the count also replays right, since a worker's short batch is its last."""
+    loader._num_samples_yielded_streaming -= loader.batch_size - length
+
+
+def number_next_epoch(loader: Any, epoch: int) -> None:
+    """Make litdata 0.2.76's ``StreamingDataLoader`` stream its next iteration as epoch ``epoch`` (its shuffle and
+    our crops are drawn from it), from its start unless it was restored in the middle of that very epoch.
+
+    It numbers epochs by counting its own iterations (``current_epoch += 1`` unless ``restore``), and clears
+    ``restore`` only when an iteration runs to its end; Lightning stops at an epoch's last batch by its length, so
+    after a resume in the middle of an epoch the next epoch would be a replay of the restored position (no batches),
+    and a run resumed at an epoch's end iterates once more than one never stopped (every later epoch another's)."""
+    if loader.restore and loader.current_epoch == epoch:
+        return
+    loader.restore = False
+    loader.current_epoch = epoch - 1
+
+
 def __getattr__(name: str) -> Any:
     # Built on first use, so that LitData (a third of a second) is imported only by runs that stream.
     if name == "CheckedChunkLoader":

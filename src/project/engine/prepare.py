@@ -12,15 +12,10 @@ the next run of this command starts over.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import multiprocessing
 import os
-import re
 import shutil
-import signal
 import tempfile
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -33,6 +28,7 @@ from torchvision.transforms.v2 import functional as TF
 from project.engine.configs import named_data_config, parse_overrides
 from project.engine.data import shards
 from project.engine.data.images import decode_image_bytes
+from project.engine.data.writing import WriteRefused, end_writers, write_refused
 from project.engine.entrypoint import ArgumentParser, run_main
 from project.engine.errors import UserError, first_line
 from project.engine.options import import_class
@@ -183,10 +179,10 @@ def write(
                     verbose=False,  # LitData's own lines (an invitation to its cloud, per-worker notes, its bar)
                 )
             except RuntimeError as error:  # LitData reports a writer's failure as its traceback in a RuntimeError
-                refused = _write_refused(error)
+                refused = write_refused(error)
                 if refused is None:
                     raise
-                _end_writers()
+                end_writers()
                 raise WriteRefused(
                     f"cannot write the shards of {output / split}: {refused} (disk full, quota or file-size limit?); "
                     f"{output} holds no data set that trains: free space and run prepare_data.py again"
@@ -198,57 +194,6 @@ def write(
     os.replace(partial, output / shards.METADATA)  # last, and whole: now the data set trains
     (output / PREPARING).unlink()
     return info
-
-
-class WriteRefused(UserError):
-    """The system refused to store a shard: no mistake of the user's, so exit code 1 (one line all the same)."""
-
-    exit_code = 1
-
-
-def _end_writers() -> None:
-    """End the processes ``optimize`` forked: after a failed write it raises, and leaves the other writers and their
-    helpers (forked by the writers, orphaned when these exit) waiting on their queues for good. They are the forks of
-    this very command: its process group and its command line."""
-    for child in multiprocessing.active_children():
-        child.terminate()
-    forks = _forks_of_this_process()
-    for pid in forks:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + 5
-    while forks and time.monotonic() < deadline:
-        time.sleep(0.05)
-        forks = _forks_of_this_process()
-    for pid in forks:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    for child in multiprocessing.active_children():
-        child.join(5)
-
-
-def _forks_of_this_process() -> list[int]:
-    """Processes of this process group running this process's command line, other than this one (Linux's /proc;
-    nothing elsewhere)."""
-    try:
-        own, group = Path("/proc/self/cmdline").read_bytes(), os.getpgrp()
-        pids = [int(name) for name in os.listdir("/proc") if name.isdigit() and int(name) != os.getpid()]
-    except OSError:
-        return []
-    found = []
-    for pid in pids:
-        try:
-            if os.getpgid(pid) == group and Path(f"/proc/{pid}/cmdline").read_bytes() == own:
-                found.append(pid)
-        except OSError:  # ended meanwhile, or not ours to look at
-            continue
-    return found
-
-
-def _write_refused(error: BaseException) -> str | None:
-    """``[Errno 27] File too large``: the refused write in the writers' traceback that ``optimize`` raises, if any."""
-    found = re.findall(r"^(?:OSError|IOError): (\[Errno \d+\] .*)$", str(error), flags=re.MULTILINE)
-    return found[-1] if found else None
 
 
 def _checksums(split_dir: Path) -> dict[str, str]:

@@ -8,6 +8,7 @@ mid-epoch resume, and it splits the shards across the ranks and workers of a mul
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -53,7 +54,18 @@ class StreamedImages(StreamingDataset):
 
 
 class ShardLoader(BoundedWait, StreamingDataLoader):
-    """LitData's loader, whose wait for a batch is bounded (``loader_timeout``)."""
+    """LitData's loader, whose wait for a batch is bounded (``loader_timeout``) and whose saved position counts the
+    samples handed over, a short batch as its length."""
+
+    #: The run's trainer, for the training loader: its epoch numbers LitData's (None: LitData counts its own).
+    trainer: Any = None
+
+    def __iter__(self) -> Iterator[Any]:
+        if self.trainer is not None:  # LitData's epoch 1 is the run's first, 0
+            compat.number_next_epoch(self, self.trainer.current_epoch + 1)
+        for batch in super().__iter__():
+            compat.count_batch_as_its_length(self, len(batch[-1]))
+            yield batch
 
 
 def shard_loader(
@@ -108,4 +120,5 @@ def shard_loader(
         generator=torch.Generator().manual_seed(seed),
     )
     loader.what = f"the {split} loader"
+    loader.trainer = trainer if train else None
     return loader
