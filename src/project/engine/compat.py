@@ -37,9 +37,16 @@ LEAF_SPEC_WARNING = r"`isinstance\(treespec, LeafSpec\)` is deprecated"
 SHORT_EPOCH_WARNING = r"The number of training batches \(\d+\) is smaller than the logging interval"
 #: Lightning 2.6 logs this advertisement for its cloud logger at every ``Trainer`` start.
 LITLOGGER_TIP = "try installing [litlogger]"
-#: Lightning 2.6's start-up lines that say nothing on this template's machines: accelerators it does not use (the
-#: GPU line stays: it says where the run trains) and the seed, which the run's config.yaml records.
-STARTUP_CHATTER = ("TPU available:", "HPU available:", "Seed set to ")
+#: Lightning 2.6's lines that say nothing on this template's machines: accelerators it does not use (the GPU line
+#: stays: it says where the run trains), the seed (the run's config.yaml records it), and the restore of the best
+#: checkpoint for the test (the run's summary names that checkpoint).
+STARTUP_CHATTER = (
+    "TPU available:",
+    "HPU available:",
+    "Seed set to ",
+    "Restoring states from the checkpoint path at ",
+    "Loaded model weights from the checkpoint at ",
+)
 #: The logger Lightning's rank-zero messages go through.
 RANK_ZERO_LOGGER = "lightning.pytorch.utilities.rank_zero"
 #: The logger of Lightning's ``seed_everything`` ("Seed set to 42").
