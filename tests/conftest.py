@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -118,6 +119,23 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_mnist(root, n_train=400, n_test=64)
     write_cifar10(root, n_train=400, n_test=64)
     return root
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory, data_root: Path) -> Iterator[Path]:
+    """One finished tiny run per test module, copied (copy_run) by the tests that damage or craft its checkpoints."""
+    from project.engine.cli import main
+
+    run = tmp_path_factory.mktemp("tiny") / "run"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(run.parent)
+        assert main([*TINY, "--data.root", str(data_root), "--run_dir", str(run)]) == 0
+    yield run
+
+
+def copy_run(tiny_run: Path, tmp_path: Path) -> Path:
+    """A copy of ``tiny_run`` that a test may change."""
+    return Path(shutil.copytree(tiny_run, tmp_path / "run"))
 
 
 @pytest.fixture(scope="session")

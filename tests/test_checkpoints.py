@@ -9,14 +9,13 @@ import pickle
 import re
 import shutil
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import lightning as L
 import processes
 import pytest
 import torch
-from conftest import REPO, RUN_TIMEOUT, TINY, run_train
+from conftest import REPO, RUN_TIMEOUT, TINY, copy_run, run_train
 from torch import nn
 
 from project.engine import export
@@ -24,20 +23,6 @@ from project.engine.callbacks.atomic_io import AtomicCheckpointIO
 from project.engine.checkpoint import load_checkpoint_file, load_model
 from project.engine.cli import main
 from project.engine.errors import CheckpointError
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory, data_root: Path) -> Iterator[Path]:
-    """One finished tiny run, copied by the tests that damage its checkpoint."""
-    run = tmp_path_factory.mktemp("tiny") / "run"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(run.parent)
-        assert main([*TINY, "--data.root", str(data_root), "--run_dir", str(run)]) == 0
-    yield run
-
-
-def _copy_run(tiny_run: Path, tmp_path: Path) -> Path:
-    return Path(shutil.copytree(tiny_run, tmp_path / "run"))
 
 
 class WritesMarker:
@@ -185,7 +170,7 @@ def test_bad_checkpoint_is_one_clear_error_from_load_model(tmp_path: Path, tiny_
 def test_resume_from_a_bad_checkpoint_is_exit_code_2(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tiny_run: Path, kind: str
 ) -> None:
-    run = _copy_run(tiny_run, tmp_path)
+    run = copy_run(tiny_run, tmp_path)
     last = run / "checkpoints" / "last.ckpt"
     good = tmp_path / "good.ckpt"
     shutil.copy(last, good)
@@ -198,7 +183,7 @@ def test_resume_from_a_bad_checkpoint_is_exit_code_2(
 
 
 def test_resume_from_a_checkpoint_that_runs_code_is_refused_in_a_real_process(tmp_path: Path, tiny_run: Path) -> None:
-    run = _copy_run(tiny_run, tmp_path)
+    run = copy_run(tiny_run, tmp_path)
     evil, marker = run / "checkpoints" / "last.ckpt", tmp_path / "marker"
     _bad_checkpoint("code", evil, evil, marker)
     result = run_train(["--resume", str(evil)], cwd=tmp_path)

@@ -3,33 +3,18 @@ they hold are checked before use (``project.engine.trust``)."""
 
 from __future__ import annotations
 
-import shutil
 import sys
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY
+from conftest import copy_run
 from lightning.pytorch.callbacks import ModelCheckpoint
 from PIL import Image
 
 from project.engine import compat, evaluate, export, predict, serve
 from project.engine.cli import main as train
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory, data_root: Path) -> Iterator[Path]:
-    run = tmp_path_factory.mktemp("tiny") / "run"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(run.parent)
-        assert train([*TINY, "--data.root", str(data_root), "--run_dir", str(run)]) == 0
-    yield run
-
-
-def _copy_run(tiny_run: Path, tmp_path: Path) -> Path:
-    return Path(shutil.copytree(tiny_run, tmp_path / "run"))
 
 
 def _victim(tmp_path: Path) -> Path:
@@ -43,7 +28,7 @@ def _victim(tmp_path: Path) -> Path:
 def test_resume_never_removes_a_path_its_checkpoint_names_outside_the_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_run: Path, form: str
 ) -> None:
-    run, victim = _copy_run(tiny_run, tmp_path), _victim(tmp_path)
+    run, victim = copy_run(tiny_run, tmp_path), _victim(tmp_path)
     named = {
         "local-protocol": f"local://{victim}",
         "dot-dot": f"{run}/checkpoints/../../victim",
@@ -174,7 +159,7 @@ def test_resume_does_not_import_the_module_its_checkpoint_names(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_run: Path
 ) -> None:
     """The resumed run's model is its config's; the checkpoint's class path is only compared, never imported."""
-    run = _copy_run(tiny_run, tmp_path)
+    run = copy_run(tiny_run, tmp_path)
     name = f"planted_resume_{uuid.uuid4().hex[:8]}"
     marker = _planted_module(tmp_path, monkeypatch, name)
     last = run / "checkpoints" / "last.ckpt"
