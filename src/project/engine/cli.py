@@ -45,7 +45,7 @@ from project.engine.callbacks.signals import GracefulInterrupt
 from project.engine.checkpoint import check_resumable, load_checkpoint_file
 from project.engine.configs import PACKAGE_CONFIGS, expand_args, short_names
 from project.engine.entrypoint import own_modules_importable
-from project.engine.errors import CheckpointWriteError, MissingDownload, UserError, explain
+from project.engine.errors import CheckpointWriteError, MissingDownload, UserError, explain, raised_within
 from project.engine.filenames import escape_names
 from project.engine.helptext import PlainHelpParser
 from project.engine.loggers import WANDB_RUN_ID_KEY, WandbOptions, make_loggers, wandb_callbacks
@@ -156,7 +156,7 @@ class TemplateCLI(LightningCLI):
             super().instantiate_classes()
         except (UserError, ValueError, TypeError, MisconfigurationException) as error:
             self.discard_unused_run_dir()
-            missing = _raised_within(error, MissingDownload)  # jsonargparse re-raises a class's error as ValueError
+            missing = raised_within(error, MissingDownload)  # jsonargparse re-raises a class's error as ValueError
             if missing is not None:
                 raise MissingDownload("; and ".join([str(missing), *self._missing_data()])) from None
             if isinstance(error, UserError):
@@ -251,17 +251,6 @@ class TemplateCLI(LightningCLI):
         if self.config["dashboard_every"] > 0:
             callbacks.append(ClassificationDashboard(run_dir / "dashboard", self.config["dashboard_every"]))
         return callbacks
-
-
-def _raised_within(error: BaseException | None, kind: type[BaseException]) -> BaseException | None:
-    """``error`` or the first exception of ``kind`` it was raised from or during."""
-    seen = set()
-    while error is not None and id(error) not in seen:
-        if isinstance(error, kind):
-            return error
-        seen.add(id(error))
-        error = error.__cause__ or error.__context__
-    return None
 
 
 def _preprocessing(datamodule: LightningDataModule) -> dict[str, Any] | None:

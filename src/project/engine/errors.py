@@ -9,6 +9,17 @@ def first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
+def raised_within(error: BaseException | None, kind: type[BaseException]) -> BaseException | None:
+    """``error`` or the first exception of ``kind`` it was raised from or during."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, kind):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
 class UserError(Exception):
     """A mistake in the command line, the config or the input files; the message says what and how to fix it."""
 
